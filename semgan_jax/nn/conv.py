@@ -1,0 +1,102 @@
+"""Plain (non-equalised) convolutions as torch.nn.Conv2d defines them, with spectral norm and
+instance norm: the layers of the pix2pixHD mask discriminator and the pSp/FPN encoder (NHWC).
+
+Layouts: weight (k, k, in, out) (torch (out, in, k, k)); spectral-norm state u (out,), v (in*k*k,)
+in the 'spectral' collection, v indexed in torch's (in, kh, kw) order so torch buffers copy as is.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def torch_uniform(fan_in: int):
+    """torch's default Conv2d/Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def conv2d(x, w, stride: int = 1, padding: int = 0, dtype=None):
+    """Cross-correlation of NHWC x with HWIO w, symmetric zero padding."""
+    dtype = dtype or x.dtype
+    return jax.lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), (stride, stride),
+                                        [(padding, padding)] * 2, dimension_numbers=_DN)
+
+
+class Conv2d(nn.Module):
+    """torch.nn.Conv2d equivalent: (N, H, W, Cin) -> (N, H', W', features)."""
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        k, cin = self.kernel_size, x.shape[-1]
+        fan_in = cin * k * k
+        w = self.param("weight", torch_uniform(fan_in), (k, k, cin, self.features))
+        y = conv2d(x, w, self.stride, self.padding, self.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", torch_uniform(fan_in), (self.features,)).astype(y.dtype)
+        return y
+
+
+def _l2_normalize(x, eps=1e-12):
+    return x / jnp.maximum(jnp.linalg.norm(x), eps)
+
+
+class SpectralConv2d(nn.Module):
+    """Conv2d with torch.nn.utils.spectral_norm (one power iteration per training call).
+
+    update_stats=True (torch train mode): v <- normalize(W^T u), u <- normalize(W v), stored in the
+    mutable 'spectral' collection; False (eval mode): the stored u, v are used as they are.
+    In both, sigma = u^T W v with u, v treated as constants, and the conv uses W / sigma.
+    """
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    use_bias: bool = True
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, update_stats: bool = False):
+        k, cin = self.kernel_size, x.shape[-1]
+        fan_in = cin * k * k
+        w = self.param("weight", torch_uniform(fan_in), (k, k, cin, self.features))
+        u = self.variable("spectral", "u", lambda: _l2_normalize(
+            jax.random.normal(self.make_rng("params"), (self.features,))))
+        v = self.variable("spectral", "v", lambda: _l2_normalize(
+            jax.random.normal(self.make_rng("params"), (fan_in,))))
+        w_mat = jnp.transpose(w, (3, 2, 0, 1)).reshape(self.features, fan_in)
+        uu, vv = u.value, v.value
+        if update_stats and not self.is_initializing():
+            wm = jax.lax.stop_gradient(w_mat)
+            vv = _l2_normalize(wm.T @ uu)
+            uu = _l2_normalize(wm @ vv)
+            u.value, v.value = uu, vv
+        sigma = jnp.dot(jax.lax.stop_gradient(uu), w_mat @ jax.lax.stop_gradient(vv))
+        y = conv2d(x, w / sigma, self.stride, self.padding, self.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", torch_uniform(fan_in), (self.features,)).astype(y.dtype)
+        return y
+
+
+def instance_norm(x, eps: float = 1e-5):
+    """torch InstanceNorm2d(affine=False): per-sample, per-channel over H, W (biased variance)."""
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+    var = jnp.var(xf, axis=(1, 2), keepdims=True)
+    return ((xf - mean) * jax.lax.rsqrt(var + eps)).astype(x.dtype)

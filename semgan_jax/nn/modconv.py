@@ -1,0 +1,99 @@
+"""Modulated convolution (StyleGAN2), NHWC, in two numerically equivalent forms.
+
+- ``input_scaling`` (default): scale the input channels by the style, run ONE convolution with the
+  shared weight, multiply the output by the demodulation coefficients. Batch-size independent
+  kernels, so XLA runs a plain dense convolution.
+- ``grouped``: build a per-sample weight (N, k, k, in, out) and run a grouped convolution with one
+  group per sample: the classic form of the reference's `ModulatedConv2d`.
+
+Both forms produce the same numbers (tests/test_modconv.py checks outputs and gradients);
+`benchmarks/modconv.py` measures their speed.
+
+Parameters: weight (k, k, in, out) N(0, 1) (reference (1, out, in, k, k)), modulation = EqualDense
+with bias initialised to 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from semgan_jax.nn.layers import EqualDense
+from semgan_jax.nn.upfirdn import blur, fir_pads
+
+IMPLS = ("input_scaling", "grouped")
+_DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x, w, upsample: bool, groups: int = 1):
+    """Stride-1 'same' conv, or stride-2 transposed conv (output 2H + k - 2) when upsampling."""
+    k = w.shape[0]
+    if upsample:
+        return jax.lax.conv_general_dilated(
+            x, w[::-1, ::-1], (1, 1), [(k - 1, k - 1)] * 2, lhs_dilation=(2, 2),
+            dimension_numbers=_DN, feature_group_count=groups)
+    p = k // 2
+    return jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p)] * 2, dimension_numbers=_DN,
+                                        feature_group_count=groups)
+
+
+def modulated_conv(x, weight, styles, *, demodulate=True, upsample=False, impl="input_scaling",
+                   eps=1e-8, dtype=None):
+    """Functional modulated conv, without the up-sampling blur.
+
+    Args:
+      x: (N, H, W, in).  weight: (k, k, in, out), already multiplied by 1/sqrt(fan_in).
+      styles: (N, in) modulation coefficients.
+    Returns:
+      (N, H, W, out), or (N, 2H + k - 2, 2W + k - 2, out) with upsample (transposed stride-2 conv).
+    """
+    dtype = dtype or x.dtype
+    n, _, _, cin = x.shape
+    k, cout = weight.shape[0], weight.shape[-1]
+    styles = styles.astype(jnp.float32)
+    if impl == "input_scaling":
+        y = _conv((x * styles[:, None, None, :]).astype(dtype), weight.astype(dtype), upsample)
+        if demodulate:
+            wsq = jnp.sum(jnp.square(weight.astype(jnp.float32)), axis=(0, 1))      # (in, out)
+            d = jax.lax.rsqrt(jnp.square(styles) @ wsq + eps)                        # (N, out)
+            y = y * d[:, None, None, :].astype(y.dtype)
+        return y
+    if impl == "grouped":
+        w = weight.astype(jnp.float32)[None] * styles[:, None, None, :, None]       # (N,k,k,in,out)
+        if demodulate:
+            w = w * jax.lax.rsqrt(jnp.sum(jnp.square(w), axis=(1, 2, 3), keepdims=True) + eps)
+        w = jnp.transpose(w, (1, 2, 3, 0, 4)).reshape(k, k, cin, n * cout)
+        xg = jnp.transpose(x, (1, 2, 0, 3)).reshape(1, x.shape[1], x.shape[2], n * cin)
+        y = _conv(xg.astype(dtype), w.astype(dtype), upsample, groups=n)
+        h2, w2 = y.shape[1], y.shape[2]
+        return jnp.transpose(y.reshape(h2, w2, n, cout), (2, 0, 1, 3))
+    raise ValueError(f"modulated conv impl must be one of {IMPLS}, got {impl!r}")
+
+
+class ModulatedConv(nn.Module):
+    """Reference `ModulatedConv2d`: (N, H, W, in), style (N, style_dim) -> (N, H', W', features).
+
+    upsample: transposed stride-2 conv then FIR blur (gain 4): H' = 2H. No bias (callers add it).
+    """
+    features: int
+    kernel_size: int
+    demodulate: bool = True
+    upsample: bool = False
+    blur_kernel: Sequence[int] = (1, 3, 3, 1)
+    impl: str = "input_scaling"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, style):
+        cin, k = x.shape[-1], self.kernel_size
+        weight = self.param("weight", nn.initializers.normal(1.0), (k, k, cin, self.features))
+        s = EqualDense(cin, bias_init=1.0, name="modulation")(style)
+        y = modulated_conv(x, weight / math.sqrt(cin * k * k), s, demodulate=self.demodulate,
+                           upsample=self.upsample, impl=self.impl, dtype=self.dtype)
+        if self.upsample:
+            y = blur(y, self.blur_kernel, fir_pads(len(self.blur_kernel), 2, k, "up_conv"), gain=4.0)
+        return y
