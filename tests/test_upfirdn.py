@@ -41,6 +41,8 @@ CASES = [
     ([1, 2, 3, 2, 1], (1, 1), (2, 2), (3, 0, -1, 2)),          # odd kernel, asymmetric and negative pads
     (np.arange(12, dtype=np.float32).reshape(3, 4) + 1, (2, 1), (1, 2), (2, 3, 0, 1)),  # 2-D, anisotropic
     ([1, 3, 3, 1], (2, 2), (2, 2), (-1, 0, 0, -1)),
+    ([1, 2, 3, 2, 1], (2, 3), (1, 1), (-1, 2, 3, -2)),       # polyphase with crops, up 3
+    ([1, 3, 3, 1], (1, 1), (1, 1), (0, 0, 0, 0)),              # plain FIR, no padding
 ]
 
 

@@ -1,0 +1,1 @@
+"""Training utilities: optimisers, EMA and learning-rate schedules (no network code)."""
