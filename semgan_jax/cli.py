@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from semgan_jax.train.commands import register_train_gan
+
 
 def register_prepare(subparsers) -> None:
     from semgan_jax.data.datasets import DATASET_NAMES  # numpy only
@@ -53,7 +55,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-REGISTRARS = [register_prepare]
+REGISTRARS = [register_prepare, register_train_gan]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,7 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "accepts_overrides", False):  # training commands: --config.FIELD=VALUE
+        return args.handler(args, extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.handler(args)
 
 

@@ -1,0 +1,63 @@
+"""`semgan train-gan` (and the other training commands' shared option handling)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def enable_compilation_cache() -> None:
+    """Persist compiled XLA programs (SEMGAN_JAX_CACHE, default ~/.cache/semgan_jax/xla), so a
+    resumed or repeated run skips most of its compile time."""
+    import jax
+
+    path = os.environ.get("SEMGAN_JAX_CACHE", str(Path.home() / ".cache" / "semgan_jax" / "xla"))
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+
+
+def _add_config_args(p, default_config: str) -> None:
+    p.add_argument("--config", default=default_config, help=f"experiment config file (default {default_config})")
+    p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, samples")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
+
+
+def load_run_config(args, overrides: list[str]):
+    """Config file + `--config.x=y` overrides; refuses to overwrite a run without --resume."""
+    from semgan_jax.config import apply_overrides, load_config_file
+
+    config = apply_overrides(load_config_file(args.config), overrides)
+    ckpt_dir = Path(args.workdir) / "checkpoints"
+    if not args.resume and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+        raise FileExistsError(f"{args.workdir} already holds checkpoints: pass --resume to continue that run, "
+                              "or choose a new --workdir")
+    return config
+
+
+def register_train_gan(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-gan", help="stage 1: train G, Dr, Dm (semi-supervised GAN)",
+        description="Stage 1 of SemanticGAN. Extra arguments --config.FIELD=VALUE override config fields.")
+    _add_config_args(p, "experiments/synthetic_32.py")
+    p.set_defaults(handler=run_train_gan, accepts_overrides=True)
+
+
+def run_train_gan(args, overrides: list[str]) -> int:
+    try:
+        config = load_run_config(args, overrides)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from semgan_jax.parallel import maybe_initialize_distributed
+
+    maybe_initialize_distributed()
+    enable_compilation_cache()
+    from semgan_jax.train.gan import train
+
+    try:
+        train(config, args.workdir, resume=args.resume)
+    except (ValueError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,484 @@
+"""Stage 1: semi-supervised GAN training of G, Dr and Dm, as the official `train_seg_gan.py`.
+
+One iteration (`train_step`, a single jitted function of (state, batch)):
+  1. Dr update: non-saturating logistic loss on real images vs G(z) (fresh z, style mixing).
+  2. Dm update: hinge loss on its scales' final maps, (fake image, fake seg logits) vs labeled
+     (image, one-hot mask in [-1, 1]), averaged / 2 (fresh z).
+  3. Every d_reg_every iterations: R1 on Dr (real images) and on Dm (real image+mask), each
+     weighted r1 / 2 * d_reg_every, each its own optimiser step.
+  4. G update (fresh z): non-saturating loss from Dr + hinge "real" loss from Dm + Dm feature
+     matching (L1, lambda_dseg_feat, 1/3 per scale); the image given to Dm is DETACHED, so
+     Dm's losses reach G only through the seg branch.
+  5. Every g_reg_every iterations: path-length regulariser on batch // path_batch_shrink,
+     weighted path_regularize * g_reg_every, its own optimiser step.
+  6. EMA of G's parameters with decay 0.5 ** (32 / 10000).
+Whether an iteration regularises is static (`d_reg`, `g_reg`, decided on the host from the step
+counter, as the reference does): the loop runs one of at most three compiled variants, each one
+jit. (A `lax.cond` on the step would keep one program, but XLA:CPU runs conditional branches
+about 7x slower than the same code outside a conditional.) Dm's spectral-norm vectors are threaded through every train-mode call in the
+reference's order (Dm step: fake, real; R1: real; G step: fake, real).
+
+Batch statistics that the reference computes per GPU (minibatch-stddev groups, the path-length
+running mean) are defined here on the global batch, so N devices compute exactly what one
+device computes on the same global batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from semgan_jax import losses
+from semgan_jax.models.discriminator import ImageDiscriminator, MaskDiscriminator
+from semgan_jax.models.generator import Generator, init_generator
+from semgan_jax.train.state import ema_update, lazy_adam
+
+
+@flax.struct.dataclass
+class GANState:
+    """Everything stage 1 carries from one iteration to the next (one pytree, donated)."""
+    step: jax.Array                 # int32 scalar: iterations done
+    key: jax.Array                  # PRNGKey (uint32[2])
+    g: Any                          # generator params
+    g_ema: Any                      # EMA generator params
+    g_noises: Any                   # generator's fixed noise maps (for randomize_noise=False)
+    d_img: Any                      # Dr params
+    d_seg: Any                      # Dm params
+    d_seg_spectral: Any             # Dm spectral-norm u, v
+    g_opt: Any
+    d_img_opt: Any
+    d_seg_opt: Any
+    mean_path_length: jax.Array     # float32 scalar
+    last_reg: Any                   # last values of the lazy regularisers (logged every step)
+
+
+@dataclasses.dataclass(frozen=True)
+class GANModels:
+    """The networks and optimisers of stage 1, built from a config (static, hashable)."""
+    g: Generator
+    d_img: ImageDiscriminator
+    d_seg: MaskDiscriminator
+    g_tx: optax.GradientTransformation
+    d_img_tx: optax.GradientTransformation
+    d_seg_tx: optax.GradientTransformation
+
+
+@dataclasses.dataclass(frozen=True)
+class GANHParams:
+    """Loss weights and schedules of one stage-1 run (the config's `train` section)."""
+    batch_size: int
+    r1: float
+    path_regularize: float
+    path_batch_shrink: int
+    d_reg_every: int
+    g_reg_every: int
+    mixing: float
+    lambda_dseg_feat: float
+    ema_decay: float
+
+
+def default_config():
+    """Stage-1 config with the official `train_seg_gan.py` defaults (CelebAMask-HQ at 256 px,
+    full-width networks). Files in experiments/ start from it and change what they need."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.data = ml_collections.ConfigDict(dict(
+        name="celebamask_hq", resolution=256,
+        data_dir="",                  # "" = TFDS default dir (synthetic: generated in memory)
+        unlabeled_split="unlabeled", labeled_split="train",
+        num_labeled=0,                # label-limited subset size, e.g. 30 / 150 / 1500 (0 = all)
+        label_seed=0, num_workers=8, prefetch=4))
+    c.model = ml_collections.ConfigDict(dict(
+        size=256, style_dim=512, n_mlp=8,
+        seg_dim=8,                    # = number of classes of the dataset (1 for binary masks)
+        image_channels=3, channel_multiplier=2,
+        channel_base=0,               # 0 = the reference channel table; else stylegan2-ada's base
+        channel_max=512, lr_mlp=0.01, modconv_impl="input_scaling",
+        dm_ndf=64, dm_n_layers=3, dm_num_d=3, dm_max_channels=512,
+        dtype="float32"))             # compute dtype; "bfloat16" = mixed precision (params f32)
+    c.train = ml_collections.ConfigDict(dict(
+        iterations=800_000, batch_size=16, lr=0.002, r1=10.0, path_regularize=2.0, path_batch_shrink=2,
+        d_reg_every=16, g_reg_every=4, mixing=0.9, lambda_dseg_feat=2.0, ema_decay=0.5 ** (32 / 10000),
+        mesh_data=-1))                # devices on the 'data' axis (-1 = all)
+    c.log = ml_collections.ConfigDict(dict(
+        log_every=100, viz_every=100, n_sample=64, save_every=2000, keep=5,
+        max_minutes=0.0))             # stop (with a checkpoint) after this wall time; 0 = no limit
+    return c
+
+
+def build_models(model_cfg, lr: float, d_reg_every: int, g_reg_every: int) -> GANModels:
+    """Networks from a config's `model` section; optimisers as the reference (lazy Adam)."""
+    dtype = jnp.dtype(model_cfg.dtype)
+    g = Generator(size=model_cfg.size, style_dim=model_cfg.style_dim, n_mlp=model_cfg.n_mlp,
+                  seg_dim=model_cfg.seg_dim, image_channels=model_cfg.image_channels,
+                  channel_multiplier=model_cfg.channel_multiplier, channel_base=model_cfg.channel_base or None,
+                  channel_max=model_cfg.channel_max, lr_mlp=model_cfg.lr_mlp, impl=model_cfg.modconv_impl,
+                  dtype=dtype)
+    d_img = ImageDiscriminator(size=model_cfg.size, channel_multiplier=model_cfg.channel_multiplier,
+                               channel_base=model_cfg.channel_base or None, channel_max=model_cfg.channel_max,
+                               dtype=dtype)
+    d_seg = MaskDiscriminator(ndf=model_cfg.dm_ndf, n_layers=model_cfg.dm_n_layers, num_d=model_cfg.dm_num_d,
+                              max_channels=model_cfg.dm_max_channels, dtype=dtype)
+    return GANModels(g, d_img, d_seg, lazy_adam(lr, g_reg_every), lazy_adam(lr, d_reg_every),
+                     lazy_adam(lr, d_reg_every))
+
+
+def hparams_from_config(train_cfg) -> GANHParams:
+    return GANHParams(**{f.name: train_cfg[f.name] for f in dataclasses.fields(GANHParams)})
+
+
+def init_state(models: GANModels, key) -> GANState:
+    """Fresh stage-1 state; G_ema starts as a copy of G (the reference's accumulate(.., 0))."""
+    k_g, k_dimg, k_dseg, k_state = jax.random.split(key, 4)
+    g_vars = init_generator(models.g, k_g)
+    size, c_img, c_seg = models.g.size, models.g.image_channels, models.g.seg_dim
+    d_img = models.d_img.init(k_dimg, jnp.zeros((1, size, size, c_img)))["params"]
+    dm_vars = models.d_seg.init(k_dseg, jnp.zeros((1, size, size, c_img + c_seg)))
+    def zero():  # distinct buffers: the state is donated leaf by leaf
+        return jnp.zeros((), jnp.float32)
+
+    return GANState(
+        step=jnp.zeros((), jnp.int32), key=k_state, g=g_vars["params"],
+        g_ema=jax.tree.map(jnp.copy, g_vars["params"]), g_noises=g_vars["noises"], d_img=d_img,
+        d_seg=dm_vars["params"], d_seg_spectral=dm_vars["spectral"],
+        g_opt=models.g_tx.init(g_vars["params"]), d_img_opt=models.d_img_tx.init(d_img),
+        d_seg_opt=models.d_seg_tx.init(dm_vars["params"]), mean_path_length=zero(),
+        last_reg={"r1_img": zero(), "r1_seg": zero(), "path": zero(), "path_length": zero()})
+
+
+def mixing_styles(key, g: Generator, batch: int, prob: float):
+    """The reference's `mixing_noise`: two z and a crossover index with probability `prob`,
+    else one z (crossover index n_latent = no mixing). Returns ([z1, z2], inject_index)."""
+    k1, k2, k_coin, k_idx = jax.random.split(key, 4)
+    z = [jax.random.normal(k1, (batch, g.style_dim)), jax.random.normal(k2, (batch, g.style_dim))]
+    mix = jax.random.uniform(k_coin) < prob
+    inject = jnp.where(mix, jax.random.randint(k_idx, (), 1, g.n_latent), g.n_latent)
+    return z, inject
+
+
+def generate(models: GANModels, params, key, batch: int, prob: float, return_latents=False):
+    """G(z) with style mixing and fresh noise: (image, seg[, w+])."""
+    k_style, k_noise = jax.random.split(key)
+    z, inject = mixing_styles(k_style, models.g, batch, prob)
+    return models.g.apply({"params": params}, z, inject_index=inject, rngs={"noise": k_noise},
+                          return_latents=return_latents)
+
+
+def _apply_updates(tx, grads, opt_state, params):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def _dm(models, params, spectral, x):
+    """Dm in train mode: (features, new spectral state)."""
+    feats, new = models.d_seg.apply({"params": params, "spectral": spectral}, x, update_stats=True,
+                                    mutable=["spectral"])
+    return feats, new["spectral"]
+
+
+def _final_mean(feats):
+    return sum(jnp.mean(f[-1]) for f in feats) / len(feats)
+
+
+def regularize_flags(step: int, hp: GANHParams) -> tuple[bool, bool]:
+    """(d_reg, g_reg) of iteration `step` (0-based): lazy R1 and path length, as the reference."""
+    return step % hp.d_reg_every == 0, step % hp.g_reg_every == 0
+
+
+def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, *, d_reg: bool, g_reg: bool):
+    """One stage-1 iteration. batch: 'image' (B, H, W, C) unlabeled reals; 'seg_image'
+    (B, H, W, C) and 'seg_mask' (B, H, W, seg_dim) one-hot in [-1, 1] labeled reals.
+    d_reg / g_reg: run the lazy R1 / path-length updates (see `regularize_flags`).
+    Returns (new state, metrics dict of float32 scalars)."""
+    key, k_dimg, k_dseg, k_g, k_path, k_path_noise = jax.random.split(state.key, 6)
+    real_img = batch["image"]
+    real_seg_in = jnp.concatenate([batch["seg_image"], batch["seg_mask"]], axis=-1)
+    b = hp.batch_size
+    metrics = {}
+
+    # 1. Dr
+    fake_img, _ = generate(models, state.g, k_dimg, b, hp.mixing)
+
+    def d_img_loss(p):
+        fake_pred = models.d_img.apply({"params": p}, fake_img)
+        real_pred = models.d_img.apply({"params": p}, real_img)
+        return losses.d_logistic_loss(real_pred, fake_pred), (jnp.mean(real_pred), jnp.mean(fake_pred))
+
+    (loss, (real_score, fake_score)), grads = jax.value_and_grad(d_img_loss, has_aux=True)(state.d_img)
+    d_img, d_img_opt = _apply_updates(models.d_img_tx, grads, state.d_img_opt, state.d_img)
+    metrics.update(d_img=loss, d_img_real_score=real_score, d_img_fake_score=fake_score)
+
+    # 2. Dm
+    fake_img, fake_seg = generate(models, state.g, k_dseg, b, hp.mixing)
+    fake_seg_in = jnp.concatenate([fake_img, fake_seg], axis=-1)
+
+    def d_seg_loss(p, spectral):
+        fake_pred, spectral = _dm(models, p, spectral, fake_seg_in)
+        real_pred, spectral = _dm(models, p, spectral, real_seg_in)
+        loss = (losses.hinge_d_loss(fake_pred, False) + losses.hinge_d_loss(real_pred, True)) / 2
+        return loss, (spectral, _final_mean(real_pred), _final_mean(fake_pred))
+
+    (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(d_seg_loss, has_aux=True)(
+        state.d_seg, state.d_seg_spectral)
+    d_seg, d_seg_opt = _apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg)
+    metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
+
+    # 3. lazy R1 on both discriminators
+    def d_regularize(args):
+        d_img, d_img_opt, d_seg, d_seg_opt, spectral, last = args
+        weight = hp.r1 / 2 * hp.d_reg_every
+
+        def r1_img(p):
+            return losses.r1_penalty(lambda x: models.d_img.apply({"params": p}, x), real_img)
+
+        r1_i, grads = jax.value_and_grad(r1_img)(d_img)
+        d_img, d_img_opt = _apply_updates(models.d_img_tx, jax.tree.map(lambda g: g * weight, grads),
+                                          d_img_opt, d_img)
+
+        def r1_seg(p):
+            def d_fn(x):
+                feats, new_spectral = _dm(models, p, spectral, x)
+                return losses.multiscale_r1_output(feats), new_spectral
+            return losses.r1_penalty(d_fn, real_seg_in, has_aux=True)
+
+        (r1_s, spectral), grads = jax.value_and_grad(r1_seg, has_aux=True)(d_seg)
+        d_seg, d_seg_opt = _apply_updates(models.d_seg_tx, jax.tree.map(lambda g: g * weight, grads),
+                                          d_seg_opt, d_seg)
+        return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}
+
+    last_reg = state.last_reg
+    if d_reg:
+        d_img, d_img_opt, d_seg, d_seg_opt, spectral, last_reg = d_regularize(
+            (d_img, d_img_opt, d_seg, d_seg_opt, spectral, last_reg))
+
+    # 4. G
+    def g_loss(p, spectral):
+        fake_img, fake_seg = generate(models, p, k_g, b, hp.mixing)
+        fake_img_pred = models.d_img.apply({"params": d_img}, fake_img)
+        fake_in = jnp.concatenate([jax.lax.stop_gradient(fake_img), fake_seg], axis=-1)
+        fake_feats, spectral = _dm(models, d_seg, spectral, fake_in)
+        real_feats, spectral = _dm(models, d_seg, spectral, real_seg_in)
+        g_img = losses.g_nonsaturating_loss(fake_img_pred)
+        g_seg_adv = losses.hinge_g_loss(fake_feats)
+        g_seg_feat = losses.feature_matching_loss(fake_feats, real_feats, weight=hp.lambda_dseg_feat)
+        total = g_img + g_seg_adv + g_seg_feat
+        return total, (spectral, {"g": total, "g_img": g_img, "g_seg_adv": g_seg_adv, "g_seg_feat": g_seg_feat})
+
+    (_, (spectral, g_metrics)), grads = jax.value_and_grad(g_loss, has_aux=True)(state.g, spectral)
+    g, g_opt = _apply_updates(models.g_tx, grads, state.g_opt, state.g)
+    metrics.update(g_metrics)
+
+    # 5. lazy path-length regulariser
+    def g_regularize(args):
+        g, g_opt, mean_path_length, last = args
+        path_batch = max(1, b // hp.path_batch_shrink)
+        k_style, k_noise = jax.random.split(k_path)
+
+        def path_loss(p):
+            z, inject = mixing_styles(k_style, models.g, path_batch, hp.mixing)
+            w_plus = models.g.apply({"params": p}, z, inject_index=inject, method=Generator.w_plus)
+
+            def synth(w):
+                return models.g.apply({"params": p}, w, input_is_latent=True, rngs={"noise": k_noise})[0]
+
+            penalty, new_mean, lengths = losses.path_length_penalty(synth, w_plus, mean_path_length, k_path_noise)
+            return hp.path_regularize * hp.g_reg_every * penalty, (penalty, new_mean, lengths)
+
+        (_, (penalty, new_mean, lengths)), grads = jax.value_and_grad(path_loss, has_aux=True)(g)
+        g, g_opt = _apply_updates(models.g_tx, grads, g_opt, g)
+        return g, g_opt, new_mean, {**last, "path": penalty, "path_length": lengths}
+
+    mean_path_length = state.mean_path_length
+    if g_reg:
+        g, g_opt, mean_path_length, last_reg = g_regularize((g, g_opt, mean_path_length, last_reg))
+
+    # 6. EMA
+    g_ema = ema_update(state.g_ema, g, hp.ema_decay)
+
+    metrics.update(last_reg)
+    metrics["mean_path_length"] = mean_path_length
+    new_state = state.replace(step=state.step + 1, key=key, g=g, g_ema=g_ema, d_img=d_img, d_seg=d_seg,
+                              d_seg_spectral=spectral, g_opt=g_opt, d_img_opt=d_img_opt, d_seg_opt=d_seg_opt,
+                              mean_path_length=mean_path_length, last_reg=last_reg)
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+
+def jit_train_step(models: GANModels, hp: GANHParams, mesh):
+    """`train_step` under one jit: state replicated and donated, batch split over 'data'.
+
+    Returns step(state, batch, d_reg, g_reg) with the two flags static."""
+    from semgan_jax.parallel import batch_sharding, replicated
+
+    rep, data = replicated(mesh), batch_sharding(mesh)
+
+    def step(state, batch, d_reg, g_reg):
+        return train_step(models, hp, state, batch, d_reg=d_reg, g_reg=g_reg)
+
+    return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,),
+                   static_argnums=(2, 3))
+
+
+def sample(models: GANModels, g_params, g_noises, z):
+    """Fixed-noise samples of a generator: z (N, style_dim) -> (image, seg logits)."""
+    return models.g.apply({"params": g_params, "noises": g_noises}, z, randomize_noise=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop: data, checkpoints, logs, samples
+# --------------------------------------------------------------------------------------------
+
+def check_model_against_data(model_cfg, data_cfg) -> None:
+    """seg_dim must match the dataset's classes (1 channel for a binary mask); size, channels too."""
+    from semgan_jax.data.datasets import get_dataset_info
+
+    info = get_dataset_info(data_cfg.name)
+    k = len(info.class_names)
+    want = 1 if k == 2 and model_cfg.seg_dim == 1 else k
+    if model_cfg.seg_dim != want:
+        raise ValueError(f"model.seg_dim={model_cfg.seg_dim} but dataset {data_cfg.name!r} has {k} classes "
+                         f"({', '.join(info.class_names)}); use seg_dim={k}" + (" or 1" if k == 2 else ""))
+    if model_cfg.image_channels != info.channels:
+        raise ValueError(f"model.image_channels={model_cfg.image_channels} but {data_cfg.name!r} images have "
+                         f"{info.channels} channels")
+    if model_cfg.size != data_cfg.resolution:
+        raise ValueError(f"model.size={model_cfg.size} but data.resolution={data_cfg.resolution}")
+
+
+def make_iterators(config, local_batch: int):
+    """Endless unlabeled and labeled grain iterators for this process's shard."""
+    from semgan_jax.data.datasets import load_split
+    from semgan_jax.data.pipeline import make_labeled_iterator, make_unlabeled_iterator
+
+    d = config.data
+    common = dict(data_dir=d.data_dir or None, resolution=d.resolution)
+    unlabeled = load_split(d.name, d.unlabeled_split, **common)
+    labeled = load_split(d.name, d.labeled_split, num_labeled=d.num_labeled or None, label_seed=d.label_seed,
+                         **common)
+    opts = dict(shard_index=jax.process_index(), shard_count=jax.process_count(),
+                num_workers=d.num_workers, prefetch=d.prefetch)
+    it_u = make_unlabeled_iterator(unlabeled, local_batch, config.seed, **opts)
+    it_l = make_labeled_iterator(labeled, local_batch, config.seed + 1, config.model.seg_dim, **opts)
+    return it_u, it_l
+
+
+def next_batch(it_u, it_l, mesh) -> dict:
+    """One global stage-1 batch from the two iterators."""
+    from semgan_jax.parallel import global_batch
+
+    u, lab = next(it_u), next(it_l)
+    return global_batch({"image": u["image"], "seg_image": lab["image"], "seg_mask": lab["mask_onehot"]}, mesh)
+
+
+class _StopSignal:
+    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and returns."""
+
+    def __init__(self):
+        import signal
+
+        self.received = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def restore(self):
+        import signal
+
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train(config, workdir: str, resume: bool = True) -> GANState:
+    """Run stage 1 as configured; resumable from WORKDIR/checkpoints. Returns the final state.
+
+    Writes WORKDIR/config.json, metrics.jsonl, samples/step_XXXXXX.png (G_ema, fixed z and
+    noise: each image beside its colour-coded mask) and checkpoints every log.save_every steps,
+    at the end, on SIGTERM/SIGINT and after log.max_minutes.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from semgan_jax import viz
+    from semgan_jax.checkpoint import Checkpointer, abstract_like
+    from semgan_jax.data.datasets import get_dataset_info
+    from semgan_jax.parallel import check_batch_size, make_mesh, replicated
+    from semgan_jax.train.observe import MetricsLogger
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    check_model_against_data(config.model, config.data)
+    mesh = make_mesh(config.train.mesh_data)
+    local_batch = check_batch_size(config.train.batch_size, mesh)
+    models = build_models(config.model, config.train.lr, config.train.d_reg_every, config.train.g_reg_every)
+    hp = hparams_from_config(config.train)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    state = jax.jit(lambda k: init_state(models, k), out_shardings=replicated(mesh))(
+        jax.random.PRNGKey(config.seed))
+    it_u, it_l = make_iterators(config, local_batch)
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.log.keep)
+    if resume and ckpt.latest_step() is not None:
+        state, data_state = ckpt.restore(abstract_like(state))
+        it_u.set_state(data_state["unlabeled"])
+        it_l.set_state(data_state["labeled"])
+        print(f"resumed from step {int(state.step)} in {ckpt.directory}")
+
+    def save():
+        ckpt.save(int(state.step), state, {"unlabeled": it_u.get_state(), "labeled": it_l.get_state()})
+
+    palette = get_dataset_info(config.data.name).palette
+    sample_z = jax.random.normal(jax.random.PRNGKey(config.seed + 12345), (config.log.n_sample, models.g.style_dim))
+    sample_fn = jax.jit(lambda p, n, z: sample(models, p, n, z))
+
+    def write_samples(step):
+        if jax.process_index() == 0:
+            img, seg = jax.device_get(sample_fn(state.g_ema, state.g_noises, sample_z))
+            viz.save_samples(workdir / "samples" / f"step_{step:06d}.png", img, seg, palette)
+
+    step_fn = jit_train_step(models, hp, mesh)
+    start, total = int(state.step), config.train.iterations
+    log = MetricsLogger(workdir, start, total, config.train.batch_size, show=("d_img", "d_seg", "g"))
+    stop = _StopSignal()
+    t_start = time.perf_counter()
+    try:
+        for i in range(start, total):
+            state, metrics = step_fn(state, next_batch(it_u, it_l, mesh), *regularize_flags(i, hp))
+            log.advance()
+            done = i + 1
+            if done % config.log.log_every == 0 or done == total:
+                row = log.log(done, jax.device_get(metrics))
+                if not all(np.isfinite(v) for v in row.values()):
+                    bad = [k for k, v in row.items() if not np.isfinite(v)]
+                    last_good = ckpt.latest_step()
+                    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {done}; last good "
+                                             f"checkpoint: step {last_good} in {ckpt.directory}")
+            if done % config.log.viz_every == 0 or done == total:
+                write_samples(done)
+            out_of_time = config.log.max_minutes and time.perf_counter() - t_start > 60 * config.log.max_minutes
+            if done % config.log.save_every == 0 or done == total or stop.received or out_of_time:
+                save()
+            if stop.received or out_of_time:
+                why = "time limit" if out_of_time else f"signal {stop.received}"
+                print(f"stopping at step {done} ({why}); checkpoint saved in {ckpt.directory}")
+                if done % config.log.viz_every:
+                    write_samples(done)
+                break
+    finally:
+        stop.restore()
+        log.close()
+        ckpt.close()
+        for it in (it_u, it_l):
+            if hasattr(it, "close"):
+                it.close()
+    return state

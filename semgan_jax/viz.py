@@ -1,0 +1,65 @@
+"""Sample grids a person looks at: images beside their colour-coded label maps, as PNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float images in [-1, 1] (N, H, W, C), C in {1, 3} -> uint8 RGB (N, H, W, 3)."""
+    x = np.clip((np.asarray(images, np.float32) + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """Integer label maps (N, H, W) -> uint8 RGB (N, H, W, 3) with `palette` (K, 3)."""
+    return np.asarray(palette, np.uint8)[np.clip(labels, 0, len(palette) - 1)]
+
+
+def seg_to_labels(seg_logits: np.ndarray) -> np.ndarray:
+    """Seg branch output (N, H, W, K) -> label map: argmax, or logit > 0 for one channel."""
+    seg_logits = np.asarray(seg_logits)
+    if seg_logits.shape[-1] == 1:
+        return (seg_logits[..., 0] > 0).astype(np.int32)
+    return np.argmax(seg_logits, axis=-1).astype(np.int32)
+
+
+def grid(columns: list[np.ndarray], ncol: int, pad: int = 2) -> np.ndarray:
+    """Tile N examples, each shown as its `columns` side by side (each (N, H, W, 3) uint8),
+    `ncol` examples per row, white padding. Returns uint8 (rows*(H+pad)+pad, ..., 3)."""
+    n, h, w, _ = columns[0].shape
+    cell_w = len(columns) * w + (len(columns) - 1) * pad // 2
+    nrow = -(-n // ncol)
+    out = np.full((nrow * (h + pad) + pad, ncol * (cell_w + pad) + pad, 3), 255, np.uint8)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + c * (cell_w + pad)
+        for j, col in enumerate(columns):
+            xj = x + j * (w + pad // 2)
+            out[y:y + h, xj:xj + w] = col[i]
+    return out
+
+
+def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
+    """Write uint8 (H, W, 3) atomically (temp file + rename), upscaled by `scale` (nearest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(image)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    tmp = path.with_name(path.name + ".tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def save_samples(path: str | Path, images: np.ndarray, seg_logits: np.ndarray, palette: np.ndarray,
+                 ncol: int | None = None) -> None:
+    """PNG grid of generated samples: each image beside its argmax label map in colour."""
+    n = len(images)
+    ncol = ncol or max(1, int(np.ceil(np.sqrt(n))))
+    g = grid([to_uint8(images), colorize(seg_to_labels(seg_logits), palette)], ncol)
+    save_png(path, g, scale=max(1, 256 // images.shape[1]))

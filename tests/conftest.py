@@ -1,0 +1,31 @@
+"""Shared test setup: a persistent XLA compilation cache (tests that rebuild the same jitted
+step, e.g. resume, compile it once), and the tiny stage-1 config."""
+
+import os
+from pathlib import Path
+
+import jax
+import pytest
+
+CACHE_DIR = os.environ.get("SEMGAN_JAX_TEST_CACHE", str(Path.home() / ".cache" / "semgan_jax" / "xla-tests"))
+jax.config.update("jax_compilation_cache_dir", CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_gan_config(**overrides):
+    """experiments/synthetic_32.py shrunk to 16 px, <= 16 channels, batch 8: seconds per step."""
+    from semgan_jax.config import apply_overrides, load_config_file
+
+    c = load_config_file(REPO / "experiments" / "synthetic_32.py")
+    base = {"data.resolution": 16, "model.size": 16, "model.style_dim": 32, "model.n_mlp": 2,
+            "model.channel_max": 16, "model.dm_ndf": 8, "model.dm_max_channels": 16, "train.batch_size": 8,
+            "data.num_labeled": 16, "log.n_sample": 4, "log.log_every": 1}
+    base.update(overrides)
+    return apply_overrides(c, [f"config.{k}={v}" for k, v in base.items()])
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny_gan_config
