@@ -376,25 +376,6 @@ def next_batch(it_u, it_l, mesh) -> dict:
     return global_batch({"image": u["image"], "seg_image": lab["image"], "seg_mask": lab["mask_onehot"]}, mesh)
 
 
-class _StopSignal:
-    """SIGTERM / SIGINT set a flag; the loop saves a checkpoint and returns."""
-
-    def __init__(self):
-        import signal
-
-        self.received = None
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def restore(self):
-        import signal
-
-        for s, h in self._old.items():
-            signal.signal(s, h)
-
-
 def train(config, workdir: str, resume: bool = True) -> GANState:
     """Run stage 1 as configured; resumable from WORKDIR/checkpoints. Returns the final state.
 
@@ -402,16 +383,13 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     noise: each image beside its colour-coded mask) and checkpoints every log.save_every steps,
     at the end, on SIGTERM/SIGINT and after log.max_minutes.
     """
-    import json
-    import time
     from pathlib import Path
 
-    import numpy as np
-
     from semgan_jax import viz
-    from semgan_jax.checkpoint import Checkpointer, abstract_like
+    from semgan_jax.checkpoint import Checkpointer
     from semgan_jax.data.datasets import get_dataset_info
     from semgan_jax.parallel import check_batch_size, make_mesh, replicated
+    from semgan_jax.train import loop
     from semgan_jax.train.observe import MetricsLogger
 
     workdir = Path(workdir)
@@ -427,58 +405,22 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     state = jax.jit(lambda k: init_state(models, k), out_shardings=replicated(mesh))(
         jax.random.PRNGKey(config.seed))
     it_u, it_l = make_iterators(config, local_batch)
+    iterators = {"unlabeled": it_u, "labeled": it_l}
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.log.keep)
-    if resume and ckpt.latest_step() is not None:
-        state, data_state = ckpt.restore(abstract_like(state))
-        it_u.set_state(data_state["unlabeled"])
-        it_l.set_state(data_state["labeled"])
-        print(f"resumed from step {int(state.step)} in {ckpt.directory}")
-
-    def save():
-        ckpt.save(int(state.step), state, {"unlabeled": it_u.get_state(), "labeled": it_l.get_state()})
+    if resume:
+        state = loop.restore_latest(ckpt, state, iterators)
 
     palette = get_dataset_info(config.data.name).palette
     sample_z = jax.random.normal(jax.random.PRNGKey(config.seed + 12345), (config.log.n_sample, models.g.style_dim))
     sample_fn = jax.jit(lambda p, n, z: sample(models, p, n, z))
 
-    def write_samples(step):
+    def write_samples(state, step):
         if jax.process_index() == 0:
             img, seg = jax.device_get(sample_fn(state.g_ema, state.g_noises, sample_z))
             viz.save_samples(workdir / "samples" / f"step_{step:06d}.png", img, seg, palette)
 
-    step_fn = jit_train_step(models, hp, mesh)
-    start, total = int(state.step), config.train.iterations
-    log = MetricsLogger(workdir, start, total, config.train.batch_size, show=("d_img", "d_seg", "g"))
-    stop = _StopSignal()
-    t_start = time.perf_counter()
-    try:
-        for i in range(start, total):
-            state, metrics = step_fn(state, next_batch(it_u, it_l, mesh), *regularize_flags(i, hp))
-            log.advance()
-            done = i + 1
-            if done % config.log.log_every == 0 or done == total:
-                row = log.log(done, jax.device_get(metrics))
-                if not all(np.isfinite(v) for v in row.values()):
-                    bad = [k for k, v in row.items() if not np.isfinite(v)]
-                    last_good = ckpt.latest_step()
-                    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {done}; last good "
-                                             f"checkpoint: step {last_good} in {ckpt.directory}")
-            if done % config.log.viz_every == 0 or done == total:
-                write_samples(done)
-            out_of_time = config.log.max_minutes and time.perf_counter() - t_start > 60 * config.log.max_minutes
-            if done % config.log.save_every == 0 or done == total or stop.received or out_of_time:
-                save()
-            if stop.received or out_of_time:
-                why = "time limit" if out_of_time else f"signal {stop.received}"
-                print(f"stopping at step {done} ({why}); checkpoint saved in {ckpt.directory}")
-                if done % config.log.viz_every:
-                    write_samples(done)
-                break
-    finally:
-        stop.restore()
-        log.close()
-        ckpt.close()
-        for it in (it_u, it_l):
-            if hasattr(it, "close"):
-                it.close()
-    return state
+    logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
+                           show=("d_img", "d_seg", "g"))
+    return loop.run(state, jit_train_step(models, hp, mesh), lambda: next_batch(it_u, it_l, mesh),
+                    total=config.train.iterations, log_cfg=config.log, ckpt=ckpt, iterators=iterators,
+                    logger=logger, write_samples=write_samples, flags=lambda i: regularize_flags(i, hp))

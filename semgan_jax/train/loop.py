@@ -1,0 +1,85 @@
+"""The host loop shared by the training stages: feed batches to a jitted step, log, write
+sample grids, checkpoint (every `save_every`, at the end, on SIGTERM / SIGINT and after
+`max_minutes`), and resume from the latest checkpoint with the data iterators' positions."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from semgan_jax.checkpoint import Checkpointer, abstract_like
+
+
+class StopSignal:
+    """While active, SIGTERM / SIGINT set `received` instead of killing the process."""
+
+    def __init__(self):
+        self.received = None
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def restore(self):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def restore_latest(ckpt: Checkpointer, state, iterators: dict):
+    """The latest checkpoint's state (and iterator positions, set in place), else `state`."""
+    if ckpt.latest_step() is None:
+        return state
+    state, data_state = ckpt.restore(abstract_like(state))
+    for name, it in iterators.items():
+        it.set_state(data_state[name])
+    print(f"resumed from step {int(state.step)} in {ckpt.directory}")
+    return state
+
+
+def run(state, step_fn: Callable, next_batch: Callable[[], Any], *, total: int, log_cfg, ckpt: Checkpointer,
+        iterators: dict, logger, write_samples: Callable[[Any, int], None],
+        flags: Callable[[int], tuple] = lambda i: ()):
+    """Iterations state.step .. total-1: `state, metrics = step_fn(state, next_batch(), *flags(i))`.
+
+    log_cfg: log_every, viz_every, save_every, max_minutes (0 = no limit). A non-finite logged
+    metric raises FloatingPointError naming it and the last good checkpoint. Returns the state.
+    """
+    def save(state):
+        ckpt.save(int(state.step), state, {name: it.get_state() for name, it in iterators.items()})
+
+    stop = StopSignal()
+    t_start = time.perf_counter()
+    try:
+        for i in range(int(state.step), total):
+            state, metrics = step_fn(state, next_batch(), *flags(i))
+            logger.advance()
+            done = i + 1
+            if done % log_cfg.log_every == 0 or done == total:
+                row = logger.log(done, jax.device_get(metrics))
+                bad = [k for k, v in row.items() if not np.isfinite(v)]
+                if bad:
+                    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {done}; last good checkpoint: "
+                                             f"step {ckpt.latest_step()} in {ckpt.directory}")
+            if done % log_cfg.viz_every == 0 or done == total:
+                write_samples(state, done)
+            out_of_time = log_cfg.max_minutes and time.perf_counter() - t_start > 60 * log_cfg.max_minutes
+            if done % log_cfg.save_every == 0 or done == total or stop.received or out_of_time:
+                save(state)
+            if stop.received or out_of_time:
+                why = "time limit" if out_of_time else f"signal {stop.received}"
+                print(f"stopping at step {done} ({why}); checkpoint saved in {ckpt.directory}")
+                if done % log_cfg.viz_every:
+                    write_samples(state, done)
+                break
+    finally:
+        stop.restore()
+        logger.close()
+        ckpt.close()
+        for it in iterators.values():
+            if hasattr(it, "close"):
+                it.close()
+    return state
