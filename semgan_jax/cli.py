@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from semgan_jax.train.commands import register_train_gan
+from semgan_jax.segment import register_evaluate, register_segment
+from semgan_jax.train.commands import register_train_encoder, register_train_gan
 
 
 def register_prepare(subparsers) -> None:
@@ -55,7 +56,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-REGISTRARS = [register_prepare, register_train_gan]
+REGISTRARS = [register_prepare, register_train_gan, register_train_encoder, register_segment, register_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,10 +40,19 @@ def register_train_gan(subparsers) -> None:
         "train-gan", help="stage 1: train G, Dr, Dm (semi-supervised GAN)",
         description="Stage 1 of SemanticGAN. Extra arguments --config.FIELD=VALUE override config fields.")
     _add_config_args(p, "experiments/synthetic_32.py")
-    p.set_defaults(handler=run_train_gan, accepts_overrides=True)
+    p.set_defaults(handler=lambda args, overrides: _run_training("gan", args, overrides), accepts_overrides=True)
 
 
-def run_train_gan(args, overrides: list[str]) -> int:
+def register_train_encoder(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-encoder", help="stage 2: train the encoder E against the frozen stage-1 generator",
+        description="Stage 2 of SemanticGAN (config field `stage1` names the stage-1 workdir). Extra "
+                    "arguments --config.FIELD=VALUE override config fields.")
+    _add_config_args(p, "experiments/synthetic_32_encoder.py")
+    p.set_defaults(handler=lambda args, overrides: _run_training("encoder", args, overrides), accepts_overrides=True)
+
+
+def _run_training(stage: str, args, overrides: list[str]) -> int:
     try:
         config = load_run_config(args, overrides)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
@@ -53,11 +62,13 @@ def run_train_gan(args, overrides: list[str]) -> int:
 
     maybe_initialize_distributed()
     enable_compilation_cache()
-    from semgan_jax.train.gan import train
-
+    if stage == "gan":
+        from semgan_jax.train.gan import train
+    else:
+        from semgan_jax.train.encoder import train
     try:
         train(config, args.workdir, resume=args.resume)
-    except (ValueError, FloatingPointError) as err:
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

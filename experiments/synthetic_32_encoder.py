@@ -1,0 +1,19 @@
+"""Stage 2 on the built-in synthetic faces: the encoder for the generator trained by
+experiments/synthetic_32.py (`--config.stage1=RUN_DIR`). Narrow FPN encoder (base width 16,
+FPN width 64); the reference's losses, Ranger, clipping and lr schedule (its decay window
+scaled to the short run). LPIPS weights cannot be downloaded here, so its terms are off by
+default: with the files in place (docs/metrics.md) set lambda_*_lpips=10 as the reference.
+"""
+
+from semgan_jax.train.encoder import default_config
+
+
+def get_config():
+    c = default_config()
+    c.stage1 = "runs/demo/stage1"
+    c.data.update(unlabeled_split="train", num_labeled=64, num_workers=0, prefetch=2)
+    c.encoder.update(base_width=16, feature_dim=64)
+    c.train.update(iterations=1000, lr_decay_start=500, lr_decay_end=1000,
+                   lambda_unlabel_lpips=0.0, lambda_label_lpips=0.0)
+    c.log.update(log_every=10, viz_every=250, n_sample=8, save_every=500, keep=3)
+    return c

@@ -1,0 +1,183 @@
+"""Inference: segment an image by inverting the generator, as the official `inference.py`.
+
+For each image x* (N, H, W, C) in [-1, 1]:
+  w+ <- E(x*) (or the mean latent with `mean_init`), noise maps <- N(0, 1);
+  `step` Adam steps (lr `lr` with the reference's ramp-up / ramp-down) on
+      LPIPS(G(w+), x*) + noise_regularize · R_noise + λ_mse · MSE(G(w+), x*)
+      + λ_encoder · MSE(w+, sg[E(G(w+))]) + λ_encoder_init · MSE(w+, w+_0)
+  (with mean_init: + λ_mean · MSE(w+, w_mean) instead of the two encoder terms), the noise maps
+  renormalised after every step (unless `optimize_noise` is off);
+  label map = argmax of G's seg logits (sigmoid > 0.5 for one channel).
+The whole optimisation of one image is one `lax.scan`; `invert` vmaps it over the batch, so
+each image keeps its own latent, noise and Adam state (the reference's batch size is 1), and N
+images cost one batched run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from semgan_jax import losses
+from semgan_jax.train.state import inference_optimizer
+
+
+@dataclasses.dataclass(frozen=True)
+class InvertConfig:
+    """The reference's inference.py defaults."""
+    step: int = 100
+    lr: float = 0.1
+    lr_rampup: float = 0.05
+    lr_rampdown: float = 0.25
+    noise_regularize: float = 1e2
+    lambda_mse: float = 0.1
+    lambda_mean: float = 0.01
+    lambda_encoder: float = 1e-3
+    lambda_encoder_init: float = 0.0
+    mean_init: bool = False
+    optimize_noise: bool = True     # False = --no_noises (fresh noise each step, not optimised)
+    n_mean_latent: int = 10000
+
+
+@dataclasses.dataclass(frozen=True)
+class Inverter:
+    """Frozen networks of inference: G, E (None with mean_init only) and LPIPS (None = off)."""
+    g: Any
+    e: Any = None
+    lpips: Any = None
+
+
+def _mse(a, b):
+    return jnp.mean(jnp.square(a - b))
+
+
+def _downsample_to_256(x):
+    """The reference compares at <= 256 px: average-pool larger outputs by their factor."""
+    n, h, w, c = x.shape
+    if h <= 256:
+        return x
+    f = h // 256
+    return x.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
+
+
+def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w_mean=None):
+    """Optimise one image. target (H, W, C). variables: {'g': G params, 'e': {'params',
+    'batch_stats'?} or None, 'lpips': LPIPS params or None}. Returns dict with w_plus
+    (n_latent, D), noises (list of (r, r, 1)), image (H, W, C), seg (H, W, K) and the loss
+    history (step,)."""
+    x = target[None]
+    k_noise, k_step = jax.random.split(key)
+
+    def encode(img):
+        return inv.e.apply(variables["e"], img, train=False)
+
+    if cfg.mean_init:
+        w0 = jnp.broadcast_to(w_mean.reshape(1, 1, -1), (1, inv.g.n_latent, w_mean.shape[-1]))
+    else:
+        w0 = encode(x)
+    params = {"w": w0, "noises": inv.g.make_noise(k_noise, 1)}
+    tx = inference_optimizer(cfg.step, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
+
+    def generate(p, key):
+        noise = p["noises"] if cfg.optimize_noise else inv.g.make_noise(key, 1)
+        return inv.g.apply({"params": variables["g"]}, p["w"], input_is_latent=True, noise=noise)
+
+    def loss_fn(p, key):
+        img, _ = generate(p, key)
+        img = _downsample_to_256(img)
+        ref = _downsample_to_256(x)
+        p_loss = (jnp.mean(inv.lpips.apply({"params": variables["lpips"]}, img, ref)) if inv.lpips is not None
+                  else jnp.zeros((), jnp.float32))
+        loss = (p_loss + cfg.lambda_mse * _mse(img, ref)
+                + (cfg.noise_regularize * losses.noise_regularize(p["noises"]) if cfg.optimize_noise else 0.0))
+        if cfg.mean_init:
+            loss = loss + cfg.lambda_mean * _mse(p["w"], w0)
+        else:
+            loss = (loss + cfg.lambda_encoder * _mse(p["w"], jax.lax.stop_gradient(encode(img)))
+                    + cfg.lambda_encoder_init * _mse(p["w"], w0))
+        return loss
+
+    def body(carry, key):
+        p, opt_state = carry
+        loss, grads = jax.value_and_grad(loss_fn)(p, key)
+        if not cfg.optimize_noise:
+            grads = {**grads, "noises": jax.tree.map(jnp.zeros_like, grads["noises"])}
+        updates, opt_state = tx.update(grads, opt_state, p)
+        p = optax.apply_updates(p, updates)
+        if cfg.optimize_noise:
+            p = {**p, "noises": losses.noise_normalize(p["noises"])}
+        return (p, opt_state), loss
+
+    (p, _), history = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_step, cfg.step))
+    image, seg = generate(p, k_step)
+    return {"w_plus": p["w"][0], "noises": [n[0] for n in p["noises"]], "image": image[0], "seg": seg[0],
+            "loss": history}
+
+
+def invert(inv: Inverter, variables: dict, cfg: InvertConfig, targets, key):
+    """`invert_one` vmapped over targets (N, H, W, C): same results as one image at a time."""
+    w_mean = None
+    if cfg.mean_init:
+        z = jax.random.normal(jax.random.fold_in(key, 1), (cfg.n_mean_latent, inv.g.style_dim))
+        w_mean = jnp.mean(inv.g.apply({"params": variables["g"]}, z, method=type(inv.g).get_latent), axis=0)
+    keys = jax.random.split(key, targets.shape[0])
+    return jax.vmap(lambda t, k: invert_one(inv, variables, cfg, t, k, w_mean))(targets, keys)
+
+
+
+def load_inverter(workdir, use_lpips: str = "auto"):
+    """(Inverter, variables, stage-1 config) from a stage-2 workdir (E + its stage-1 G), or from a
+    stage-1 workdir (G only: for `mean_init`). use_lpips: 'on' (missing weights are an error),
+    'off', or 'auto' (on when the weight files are found)."""
+    import json
+    from pathlib import Path
+
+    import ml_collections
+
+    from semgan_jax.checkpoint import Checkpointer, abstract_like
+    from semgan_jax.train import encoder as stage2
+
+    workdir = Path(workdir)
+    path = workdir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: --checkpoint must be a train-encoder (or train-gan) workdir")
+    cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+    if "stage1" in cfg:
+        s1, g, g_ema, _ = stage2.load_generator(cfg.stage1)
+        models = stage2.build_models(s1.model, cfg)
+        abstract = jax.eval_shape(lambda: stage2.init_state(models, jax.random.PRNGKey(0)))
+        ckpt = Checkpointer(workdir / "checkpoints")
+        try:
+            if ckpt.latest_step() is None:
+                raise FileNotFoundError(f"no stage-2 checkpoint in {ckpt.directory}")
+            state, _ = ckpt.restore(abstract_like(jax.tree.map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=_single_device()), abstract)))
+        finally:
+            ckpt.close()
+        e_vars = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        e, lpips_cfg = models.e, cfg.lpips
+    else:
+        s1, g, g_ema, _ = stage2.load_generator(workdir)
+        e, e_vars, lpips_cfg = None, None, stage2.default_config().lpips
+    lpips_module, lpips_params = None, None
+    if use_lpips != "off":
+        from semgan_jax.perceptual.convert import WeightsNotFoundError, load_lpips
+
+        try:
+            lpips_module, lp = load_lpips(lpips_cfg.net, lpips_cfg.backbone or None, lpips_cfg.heads or None)
+            lpips_params = lp["params"]
+        except (WeightsNotFoundError, ImportError):
+            if use_lpips == "on":
+                raise
+            print("LPIPS weights not found: optimising without the perceptual term (see docs/metrics.md)")
+    return Inverter(g=g, e=e, lpips=lpips_module), {"g": g_ema, "e": e_vars, "lpips": lpips_params}, s1
+
+
+def _single_device():
+    from semgan_jax.parallel import make_mesh, replicated
+
+    return replicated(make_mesh(1))

@@ -1,0 +1,426 @@
+"""Evaluation metrics: segmentation scores, and FID / IS with the Flax Inception-v3.
+
+Segmentation (numpy; no jax needed)
+    confusion_matrices(pred, target, num_classes) -> (N, K, K) int64, rows = target, cols = pred
+    SegmentationMetrics(num_classes, class_names=None): .update(pred, target) per batch of integer
+        maps (N, H, W) or (H, W); .result() -> JSON-able dict; .table() -> printable text
+    report(metrics, title=None, file=sys.stdout) -> dict: prints the table, returns .result()
+
+Inception metrics (float64 numpy for the statistics)
+    frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, offset="fallback") -> float
+    inception_score(probs, num_splits=10) -> (mean, std)
+    FeatureStats: streaming mean / covariance of (N, D) feature batches (Chan's merge, float64)
+    InceptionStats: mu, sigma, n, is_mean, is_std (+ metadata); .save(path) / load_stats(path)
+    fid_from_features(features (N, D), reference) -> float
+    InceptionMetrics(weights=None, batch_size=50): jitted Inception features and
+        .dataset_stats(batches, total) / .sample_stats(sample_fn, key, n) -> InceptionStats,
+        .fid_is(sample_fn, key, reference, n) -> {'fid', 'is_mean', 'is_std', 'n'}
+
+How the reference computes FID / IS (utils/inception_utils.py, prepare_inception.py): torchvision
+Inception-v3 pool features (2048) and softmax logits (1000) of images in [-1, 1] (see
+perceptual/inception.py); data statistics mean and np.cov(rowvar=False) of all features; IS over
+10 splits of N // 10 probabilities each (the remainder is dropped), mean and std of the split
+scores; FID via scipy sqrtm in float64. During training the reference draws 10,000 samples from
+g_ema (truncation 1) for FID / IS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+# --------------------------------------------------------------------------- segmentation
+
+
+def confusion_matrices(pred, target, num_classes: int) -> np.ndarray:
+    """Per-image confusion matrices (N, K, K), entry [n, t, p] = pixels of class t predicted as p.
+
+    pred, target: integer arrays (N, H, W) or (H, W) (then N = 1) with values in 0..K-1.
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {pred.shape} and target {target.shape} differ in shape")
+    if pred.ndim == 2:
+        pred, target = pred[None], target[None]
+    if pred.ndim != 3:
+        raise ValueError(f"expected integer maps (N, H, W) or (H, W), got shape {pred.shape}")
+    for name, a in (("pred", pred), ("target", target)):
+        if not np.issubdtype(a.dtype, np.integer):
+            raise ValueError(f"{name} must hold integer class indices, got {a.dtype}")
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{name} has values outside 0..{num_classes - 1}")
+    n, k = pred.shape[0], num_classes
+    index = (np.arange(n)[:, None] * (k * k) + target.reshape(n, -1).astype(np.int64) * k
+             + pred.reshape(n, -1).astype(np.int64))
+    return np.bincount(index.ravel(), minlength=n * k * k).reshape(n, k, k)
+
+
+def _scores(conf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """IoU and Dice per class from confusion matrices (..., K, K); NaN where the class is absent
+    from both target and prediction (0 / 0)."""
+    inter = np.diagonal(conf, axis1=-2, axis2=-1).astype(np.float64)
+    target = conf.sum(axis=-1).astype(np.float64)
+    pred = conf.sum(axis=-2).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = inter / (target + pred - inter)
+        dice = 2 * inter / (target + pred)
+    return iou, dice
+
+
+def _nanmean(x: np.ndarray, axis=None):
+    """Mean over the non-NaN entries; NaN (without a warning) where there are none."""
+    valid = ~np.isnan(x)
+    count = valid.sum(axis=axis)
+    total = np.where(valid, x, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
+def _json_float(x) -> float | None:
+    return None if np.isnan(x) else float(x)
+
+
+class SegmentationMetrics:
+    """Streaming IoU / Dice (= JSI / DSC for binary tasks) over (pred, target) integer maps.
+
+    Two averages are kept, both reported by `result()`:
+      * dataset: one confusion matrix summed over all pixels of all images; per-class
+        IoU = TP / (TP + FP + FN), Dice = 2 TP / (2 TP + FP + FN); mIoU / mDice = mean over classes.
+      * per_image: the same scores per image, then averaged over images; mIoU of an image is the
+        mean over the classes present in it (target or prediction).
+    Absent classes: a class neither in the target nor in the prediction has no score (0 / 0) and
+    is left out of every mean (per image, and per class over the images where it occurs); a class
+    present in one but not the other scores 0. A class absent from the whole evaluation set is
+    reported as None and left out of mIoU.
+    For K = 2 (background, foreground) `result()` adds 'jsi' and 'dsc': the foreground IoU / Dice
+    averaged per image (the usual protocol for skin-lesion and lung segmentation) and their
+    dataset-level values 'jsi_dataset' / 'dsc_dataset'.
+    The reference repository ships no evaluation code; these are the paper's metric names with
+    the standard definitions.
+    """
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None):
+        if num_classes < 2:
+            raise ValueError("num_classes counts the background too: use 2 for a binary task")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.class_names = tuple(class_names) if class_names else tuple(f"class_{i}" for i in range(num_classes))
+        self.reset()
+
+    def reset(self) -> None:
+        k = self.num_classes
+        self.confusion = np.zeros((k, k), np.int64)
+        self.num_images = 0
+        self._iou_sum, self._dice_sum = np.zeros(k), np.zeros(k)
+        self._present = np.zeros(k, np.int64)
+        self._miou_sum = self._mdice_sum = 0.0
+        self._images_scored = 0
+
+    def update(self, pred, target) -> None:
+        """Add a batch: integer class maps (N, H, W) or (H, W), values 0..K-1."""
+        conf = confusion_matrices(pred, target, self.num_classes)
+        self.confusion += conf.sum(axis=0)
+        self.num_images += conf.shape[0]
+        iou, dice = _scores(conf)
+        present = ~np.isnan(iou)
+        self._iou_sum += np.where(present, iou, 0.0).sum(axis=0)
+        self._dice_sum += np.where(present, dice, 0.0).sum(axis=0)
+        self._present += present.sum(axis=0)
+        scored = present.any(axis=1)  # False only for empty (0-pixel) images
+        self._miou_sum += float(_nanmean(iou[scored], axis=1).sum())
+        self._mdice_sum += float(_nanmean(dice[scored], axis=1).sum())
+        self._images_scored += int(scored.sum())
+
+    def result(self) -> dict:
+        """JSON-able scores (fractions in [0, 1]; None where undefined)."""
+        iou, dice = _scores(self.confusion)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            iou_img, dice_img = self._iou_sum / self._present, self._dice_sum / self._present
+            per_image_miou = self._miou_sum / self._images_scored if self._images_scored else np.nan
+            per_image_mdice = self._mdice_sum / self._images_scored if self._images_scored else np.nan
+        out = {
+            "num_images": self.num_images,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "confusion": self.confusion.tolist(),
+            "dataset": {"iou": [_json_float(v) for v in iou], "dice": [_json_float(v) for v in dice],
+                        "miou": _json_float(_nanmean(iou)), "mdice": _json_float(_nanmean(dice))},
+            "per_image": {"iou": [_json_float(v) for v in iou_img], "dice": [_json_float(v) for v in dice_img],
+                          "images_with_class": self._present.tolist(),
+                          "miou": _json_float(per_image_miou), "mdice": _json_float(per_image_mdice)},
+        }
+        if self.num_classes == 2:
+            out.update(jsi=_json_float(iou_img[1]), dsc=_json_float(dice_img[1]),
+                       jsi_dataset=_json_float(iou[1]), dsc_dataset=_json_float(dice[1]))
+        return out
+
+    def table(self, title: str | None = None) -> str:
+        """Per-class IoU / Dice (dataset and per-image averages) and the means, as text."""
+        r = self.result()
+        fmt = lambda v: "     -" if v is None else f"{v:6.4f}"  # noqa: E731
+        width = max(10, *(len(n) for n in self.class_names))
+        lines = [title] if title else []
+        lines.append(f"{r['num_images']} images, {self.num_classes} classes")
+        lines.append(f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}  {'IoU/img':>7}  {'Dice/img':>8}  {'images':>6}")
+        d, p = r["dataset"], r["per_image"]
+        for i, name in enumerate(self.class_names):
+            lines.append(f"{name:<{width}}  {fmt(d['iou'][i])}  {fmt(d['dice'][i])}  {fmt(p['iou'][i]):>7}  "
+                         f"{fmt(p['dice'][i]):>8}  {p['images_with_class'][i]:>6}")
+        lines.append(f"{'mean':<{width}}  {fmt(d['miou'])}  {fmt(d['mdice'])}  {fmt(p['miou']):>7}  "
+                     f"{fmt(p['mdice']):>8}")
+        if self.num_classes == 2:
+            lines.append(f"JSI {fmt(r['jsi'])}  DSC {fmt(r['dsc'])}  (foreground, mean over images; "
+                         f"dataset-level JSI {fmt(r['jsi_dataset'])}, DSC {fmt(r['dsc_dataset'])})")
+        return "\n".join(lines)
+
+
+def report(metrics: SegmentationMetrics, title: str | None = None, file=sys.stdout) -> dict:
+    """Print `metrics.table(title)` and return `metrics.result()` (JSON-able)."""
+    print(metrics.table(title), file=file)
+    return metrics.result()
+
+
+# --------------------------------------------------------------------------- FID / IS math
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, offset: str = "fallback") -> float:
+    """Fréchet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64.
+
+    offset="fallback" (pytorch-fid): add eps * I to both covariances only when sqrtm(S1 S2) is not
+    finite (near-singular product). offset="always": always take sqrtm((S1 + eps I)(S2 + eps I)),
+    as the reference's numpy_calculate_frechet_distance does (its `if` covers only the message).
+    A complex result whose diagonal has an imaginary part above 1e-3 raises ValueError; smaller
+    imaginary parts (rounding) are dropped.
+    """
+    from scipy import linalg
+
+    if offset not in ("fallback", "always"):
+        raise ValueError(f"offset must be 'fallback' or 'always', got {offset!r}")
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"shape mismatch: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = None
+    if offset == "fallback":
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            print(f"FID: singular covariance product; adding {eps} to the diagonals", file=sys.stderr)
+            covmean = None
+    if covmean is None:
+        eye = np.eye(sigma1.shape[0]) * eps
+        covmean = linalg.sqrtm((sigma1 + eye) @ (sigma2 + eye))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
+        covmean = covmean.real
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def inception_score(probs, num_splits: int = 10) -> tuple[float, float]:
+    """IS mean and std over `num_splits` consecutive chunks of N // num_splits rows (the remainder
+    is dropped, as in the reference); probs (N, classes) softmax outputs; float64."""
+    probs = np.asarray(probs, np.float64)
+    size = probs.shape[0] // num_splits
+    if size == 0:
+        raise ValueError(f"need at least {num_splits} rows for {num_splits} splits, got {probs.shape[0]}")
+    scores = []
+    for i in range(num_splits):
+        chunk = probs[i * size:(i + 1) * size]
+        kl = chunk * (np.log(chunk) - np.log(chunk.mean(axis=0, keepdims=True)))
+        scores.append(np.exp(np.mean(np.sum(kl, axis=1))))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+class FeatureStats:
+    """Streaming mean and covariance (ddof 1, = np.cov(rowvar=False)) of feature rows, float64."""
+
+    def __init__(self, dim: int):
+        self.n = 0
+        self.mean = np.zeros(dim)
+        self._m2 = np.zeros((dim, dim))
+
+    def update(self, features) -> None:
+        x = np.asarray(features, np.float64)
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mb = x.mean(axis=0)
+        xc = x - mb
+        m2b = xc.T @ xc
+        n = self.n + nb
+        delta = mb - self.mean
+        self._m2 += m2b + np.outer(delta, delta) * (self.n * nb / n)
+        self.mean = self.mean + delta * (nb / n)
+        self.n = n
+
+    @property
+    def cov(self) -> np.ndarray:
+        if self.n < 2:
+            raise ValueError("covariance needs at least 2 feature rows")
+        return self._m2 / (self.n - 1)
+
+
+@dataclasses.dataclass
+class InceptionStats:
+    """Inception pool-feature statistics of an image set (+ its IS), as saved in stats .npz files."""
+    mu: np.ndarray  # (2048,) float64
+    sigma: np.ndarray  # (2048, 2048) float64
+    n: int
+    is_mean: float = float("nan")
+    is_std: float = float("nan")
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write an .npz to exactly `path` (no suffix added)."""
+        with open(path, "wb") as f:
+            np.savez(f, mu=self.mu, sigma=self.sigma, n=self.n, is_mean=self.is_mean, is_std=self.is_std,
+                     meta=json.dumps(self.meta))
+
+
+def load_stats(path: str | os.PathLike) -> InceptionStats:
+    """Stats from our .npz, or from the reference's prepare_inception.py pickle ({'mean', 'cov'})."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; make it with `semgan inception-stats`")
+    with open(path, "rb") as f:
+        is_npz = f.read(4) == b"PK\x03\x04"
+    if is_npz:
+        with np.load(path) as d:
+            return InceptionStats(d["mu"], d["sigma"], int(d["n"]), float(d["is_mean"]), float(d["is_std"]),
+                                  json.loads(str(d["meta"])))
+    with open(path, "rb") as f:  # a pickle: only load files you made or trust
+        d = pickle.load(f)
+    return InceptionStats(np.asarray(d["mean"], np.float64), np.asarray(d["cov"], np.float64), -1,
+                          meta={k: v for k, v in d.items() if k in ("size", "path")})
+
+
+def fid_from_features(features, reference: InceptionStats, offset: str = "fallback") -> float:
+    """FID of feature rows (N, D) (N >= 2) against reference statistics."""
+    stats = FeatureStats(reference.mu.shape[0])
+    stats.update(features)
+    return frechet_distance(stats.mean, stats.cov, reference.mu, reference.sigma, offset=offset)
+
+
+# --------------------------------------------------------------------------- Inception features
+
+
+class InceptionMetrics:
+    """Jitted Inception-v3 (the reference's metric network) with FID / IS over image streams.
+
+    weights: None (find the torchvision file, see perceptual.convert.find_weights), a path, a
+    state-dict mapping, or ready Flax variables ({'params', 'batch_stats'}).
+    batch_size: images per jitted call; smaller batches are zero-padded to it (one compilation).
+    Images: float (N, H, W, 1|3) in [-1, 1], any size (resized to 299 inside).
+    """
+
+    def __init__(self, weights=None, batch_size: int = 50):
+        import jax
+
+        from semgan_jax.perceptual.convert import inception_variables, load_inception
+        from semgan_jax.perceptual.inception import InceptionV3
+
+        if isinstance(weights, dict) and "params" in weights and "batch_stats" in weights:
+            self.model, self.variables = InceptionV3(), weights
+        elif isinstance(weights, dict):
+            self.model, self.variables = InceptionV3(), inception_variables(weights)
+        else:
+            self.model, self.variables = load_inception(weights)
+        self.batch_size = batch_size
+
+        def forward(variables, images):
+            pool, logits = self.model.apply(variables, images)
+            return pool, jax.nn.softmax(logits, axis=-1)
+
+        self._forward = jax.jit(forward)
+
+    def features(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """images (N <= batch_size, H, W, C) in [-1, 1] -> (pool (N, 2048), probs (N, 1000)) float32."""
+        import jax.numpy as jnp
+
+        n = images.shape[0]
+        if n > self.batch_size:
+            raise ValueError(f"batch of {n} > batch_size {self.batch_size}")
+        images = jnp.asarray(images, jnp.float32)
+        if n < self.batch_size:
+            images = jnp.pad(images, [(0, self.batch_size - n)] + [(0, 0)] * 3)
+        pool, probs = self._forward(self.variables, images)
+        return np.asarray(pool[:n]), np.asarray(probs[:n])
+
+    def stats(self, batches: Iterable, total: int | None = None, progress: bool = True,
+              num_splits: int = 10, desc: str = "inception") -> InceptionStats:
+        """Stats and IS of image batches (arrays or dicts with 'image'), up to `total` images."""
+        from tqdm import tqdm
+
+        acc, probs = None, []
+        bar = tqdm(total=total, desc=desc, unit="img", disable=not progress)
+        seen = 0
+        for batch in batches:
+            images = batch["image"] if isinstance(batch, dict) else batch
+            if total is not None:
+                images = images[:total - seen]
+            for start in range(0, images.shape[0], self.batch_size):
+                pool, p = self.features(images[start:start + self.batch_size])
+                if acc is None:
+                    acc = FeatureStats(pool.shape[1])
+                acc.update(pool)
+                probs.append(p)
+                bar.update(pool.shape[0])
+            seen += images.shape[0]
+            if total is not None and seen >= total:
+                break
+        bar.close()
+        if acc is None or acc.n < 2:
+            raise ValueError("need at least 2 images for Inception statistics")
+        probs = np.concatenate(probs)
+        is_mean, is_std = inception_score(probs, num_splits) if len(probs) >= num_splits else (np.nan, np.nan)
+        return InceptionStats(acc.mean, acc.cov, acc.n, is_mean, is_std)
+
+    def sample_stats(self, sample_fn: Callable, key, n: int, progress: bool = True,
+                     num_splits: int = 10) -> InceptionStats:
+        """Stats and IS of n samples from `sample_fn(key, batch_size) -> images` in [-1, 1].
+
+        sample_fn is called with fold_in(key, i) for batch i and always with batch_size (so a
+        jitted sampler compiles once); surplus images of the last batch are dropped.
+        """
+        import jax
+
+        def batches():
+            for i in range((n + self.batch_size - 1) // self.batch_size):
+                yield sample_fn(jax.random.fold_in(key, i), self.batch_size)
+
+        return self.stats(batches(), total=n, progress=progress, num_splits=num_splits, desc="samples")
+
+    def fid_is(self, sample_fn: Callable, key, reference: InceptionStats, n: int = 50_000,
+               progress: bool = True, num_splits: int = 10, offset: str = "fallback") -> dict:
+        """{'fid', 'is_mean', 'is_std', 'n'} of n generator samples against reference stats."""
+        s = self.sample_stats(sample_fn, key, n, progress=progress, num_splits=num_splits)
+        fid = frechet_distance(s.mu, s.sigma, reference.mu, reference.sigma, offset=offset)
+        return {"fid": fid, "is_mean": s.is_mean, "is_std": s.is_std, "n": s.n}
+
+
+def generator_sample_fn(generator, variables, truncation: float = 1.0, truncation_latent=None):
+    """sample_fn(key, n) -> images (n, size, size, C) in ~[-1, 1] for `InceptionMetrics`, from a
+    semgan Generator and its (g_ema) variables: fresh z and per-layer noise on every call, as the
+    reference's `sample_gema`. Jitted; compiles once per n."""
+    import functools
+
+    import jax
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def sample_fn(key, n: int):
+        k_z, k_noise = jax.random.split(key)
+        z = jax.random.normal(k_z, (n, generator.style_dim))
+        image, _ = generator.apply(variables, z, truncation=truncation, truncation_latent=truncation_latent,
+                                   rngs={"noise": k_noise})
+        return image
+
+    return sample_fn

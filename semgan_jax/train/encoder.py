@@ -1,0 +1,350 @@
+"""Stage 2: train the encoder E(x) -> w+ against the frozen stage-1 generator (G_ema), as the
+official `train_enc.py`.
+
+One iteration (`train_step`, one jit, state donated; G and LPIPS weights are a separate,
+non-donated `frozen` argument):
+  1. unlabeled update: w+ = E(x), x' = G(w+) (fresh noise), loss = λ_mse·MSE(x', x) +
+     λ_lpips·LPIPS(x', x); clip the gradient norm to `unlabel_grad_clip`; step the unlabeled
+     optimiser.
+  2. labeled update with the new weights: (x', y') = G(E(x_l)), loss = the same reconstruction
+     terms + λ_ce·CE(y', y) + λ_dice·Dice(y', y) (softmax CE with tau 0.1 and Dice without the
+     background for multi-class masks; soft BCE with tau 0.3 and Dice with it for one channel);
+     clip to `label_grad_clip`; step the labeled optimiser.
+Both optimisers (Ranger by default, each with the reference's cosine lr window) act on the same
+encoder weights and keep their own moments and Lookahead slow weights; the labeled optimiser's
+slow weights start from the weights at its first step, as Ranger's lazily created buffer does.
+The FPN encoder runs in train mode (BatchNorm batch statistics, running averages updated by
+both forwards).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from semgan_jax import losses
+from semgan_jax.models.encoder import FPNEncoder, ResEncoder
+from semgan_jax.models.generator import Generator
+from semgan_jax.train.state import encoder_optimizer
+
+
+@flax.struct.dataclass
+class EncoderState:
+    """Everything stage 2 carries between iterations (one pytree, donated)."""
+    step: jax.Array
+    key: jax.Array
+    params: Any                 # encoder params
+    batch_stats: Any            # FPN BatchNorm running statistics ({} for the Res encoder)
+    slow_unlabel: Any           # Lookahead slow weights of each optimiser (None with Adam)
+    slow_label: Any
+    opt_unlabel: Any
+    opt_label: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderModels:
+    g: Generator
+    e: Any                      # FPNEncoder | ResEncoder
+    lpips: Any                  # perceptual.lpips.LPIPS, or None when both LPIPS weights are 0
+    tx_unlabel: optax.GradientTransformation
+    tx_label: optax.GradientTransformation
+    ranger: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderHParams:
+    lambda_unlabel_mse: float
+    lambda_unlabel_lpips: float
+    lambda_label_mse: float
+    lambda_label_lpips: float
+    lambda_label_ce: float
+    lambda_label_dice: float
+
+
+def default_config():
+    """Stage-2 config with the official `train_enc.py` defaults; `stage1` names the stage-1
+    run directory whose config.json and latest checkpoint give G (its EMA weights)."""
+    import ml_collections
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.stage1 = ""                   # stage-1 workdir (holds config.json and checkpoints/)
+    c.data = ml_collections.ConfigDict(dict(
+        unlabeled_split="unlabeled", labeled_split="train", num_labeled=0, label_seed=0,
+        num_workers=8, prefetch=4))  # dataset name / resolution / data_dir come from stage 1
+    c.encoder = ml_collections.ConfigDict(dict(
+        backbone="fpn",             # 'fpn' (pSp FPN, reference default) | 'res'
+        base_width=64, feature_dim=512,              # FPN widths (reference: 64, 512)
+        channel_max=512))                            # Res encoder width cap
+    c.train = ml_collections.ConfigDict(dict(
+        iterations=800_000, batch_size=16, optimizer="ranger", lr=0.001, lr_min=1e-5,
+        lr_decay_start=30_000, lr_decay_end=100_000,
+        unlabel_grad_clip=2.0, label_grad_clip=5.0,  # 0 = no clipping (--no_grad_clip)
+        lambda_unlabel_mse=1.0, lambda_unlabel_lpips=10.0, lambda_label_mse=1.0, lambda_label_lpips=10.0,
+        lambda_label_ce=1.0, lambda_label_dice=1.0, mesh_data=-1))
+    c.lpips = ml_collections.ConfigDict(dict(
+        net="vgg",                  # the reference's PerceptualLoss(net='vgg')
+        backbone="", heads=""))     # weight files ('' = the default location, docs/metrics.md)
+    c.log = ml_collections.ConfigDict(dict(
+        log_every=100, viz_every=100, n_sample=16, save_every=2000, keep=5, max_minutes=0.0))
+    return c
+
+
+def build_encoder(gan_model_cfg, enc_cfg):
+    """E for a generator of `gan_model_cfg` (size, n_latent, style_dim, image channels)."""
+    g_size, style_dim = gan_model_cfg.size, gan_model_cfg.style_dim
+    n_latent = 2 * (g_size.bit_length() - 1) - 2
+    if enc_cfg.backbone == "fpn":
+        return FPNEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim, feature_dim=enc_cfg.feature_dim,
+                          base_width=enc_cfg.base_width)
+    if enc_cfg.backbone == "res":
+        return ResEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim,
+                          channel_multiplier=gan_model_cfg.channel_multiplier, channel_max=enc_cfg.channel_max)
+    raise ValueError(f"encoder.backbone must be 'fpn' or 'res', got {enc_cfg.backbone!r}")
+
+
+def build_models(gan_model_cfg, config, lpips_module=None) -> EncoderModels:
+    from semgan_jax.train.gan import build_models as build_gan
+
+    g = build_gan(gan_model_cfg, 0.0, 1, 1).g
+    t = config.train
+    kw = dict(lr=t.lr, lr_min=t.lr_min, decay_start=t.lr_decay_start, decay_end=t.lr_decay_end,
+              optimizer=t.optimizer)
+    return EncoderModels(g=g, e=build_encoder(gan_model_cfg, config.encoder), lpips=lpips_module,
+                         tx_unlabel=encoder_optimizer(grad_clip=t.unlabel_grad_clip or None, **kw),
+                         tx_label=encoder_optimizer(grad_clip=t.label_grad_clip or None, **kw),
+                         ranger=t.optimizer == "ranger")
+
+
+def hparams_from_config(train_cfg) -> EncoderHParams:
+    return EncoderHParams(**{f.name: train_cfg[f.name] for f in dataclasses.fields(EncoderHParams)})
+
+
+def _opt_params(models, params, slow):
+    return optax.LookaheadParams(fast=params, slow=slow) if models.ranger else params
+
+
+def init_state(models: EncoderModels, key) -> EncoderState:
+    k_init, k_state = jax.random.split(key)
+    size, channels = models.g.size, models.g.image_channels
+    variables = models.e.init(k_init, jnp.zeros((1, size, size, channels)), train=False)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    slow = (lambda: jax.tree.map(jnp.copy, params)) if models.ranger else (lambda: None)
+    s_u, s_l = slow(), slow()
+    return EncoderState(step=jnp.zeros((), jnp.int32), key=k_state, params=params, batch_stats=stats,
+                        slow_unlabel=s_u, slow_label=s_l,
+                        opt_unlabel=models.tx_unlabel.init(_opt_params(models, params, s_u)),
+                        opt_label=models.tx_label.init(_opt_params(models, params, s_l)))
+
+
+def encode(models: EncoderModels, params, batch_stats, x, train: bool):
+    """E(x): (w+ (N, n_latent, style_dim), updated batch_stats). train=True uses batch statistics."""
+    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    if train and batch_stats:
+        w, new = models.e.apply(variables, x, train=True, mutable=["batch_stats"])
+        return w, new["batch_stats"]
+    return models.e.apply(variables, x, train=False), batch_stats
+
+
+def reconstruct(models: EncoderModels, g_params, w_plus, key):
+    """G(w+) with fresh noise: (image, seg logits)."""
+    return models.g.apply({"params": g_params}, w_plus, input_is_latent=True, rngs={"noise": key})
+
+
+def perceptual(models: EncoderModels, lpips_params, x0, x1):
+    """Mean LPIPS distance over the batch (0 when LPIPS is off)."""
+    if models.lpips is None:
+        return jnp.zeros((), jnp.float32)
+    return jnp.mean(models.lpips.apply({"params": lpips_params}, x0, x1))
+
+
+def segmentation_losses(seg_logits, mask_onehot):
+    """(CE, Dice) of the labeled update; mask_onehot (N, H, W, C) in [-1, 1] as fed to Dm."""
+    target = (mask_onehot + 1.0) / 2.0
+    if seg_logits.shape[-1] == 1:
+        return (losses.soft_binary_cross_entropy(seg_logits, target, tau=0.3),
+                losses.dice_loss(seg_logits, target, sigmoid_tau=0.3, include_bg=True))
+    labels = jnp.argmax(mask_onehot, axis=-1)
+    return (losses.softmax_cross_entropy(seg_logits, labels, tau=0.1),
+            losses.dice_loss(seg_logits, target, sigmoid_tau=0.3))
+
+
+def _update(models, tx, grads, opt_state, params, slow):
+    updates, opt_state = tx.update(grads, opt_state, _opt_params(models, params, slow))
+    new = optax.apply_updates(_opt_params(models, params, slow), updates)
+    return (new.fast, new.slow, opt_state) if models.ranger else (new, slow, opt_state)
+
+
+def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, frozen: dict, batch: dict):
+    """One stage-2 iteration. frozen: {'g': G_ema params, 'lpips': LPIPS params or None}.
+    batch: 'image' (B, H, W, C) unlabeled; 'seg_image' (B, H, W, C) and 'seg_mask'
+    (B, H, W, seg_dim) one-hot in [-1, 1]. Returns (new state, metrics)."""
+    key, k_u, k_l = jax.random.split(state.key, 3)
+
+    def unlabel_loss(params, stats):
+        w, stats = encode(models, params, stats, batch["image"], train=True)
+        fake_img, _ = reconstruct(models, frozen["g"], w, k_u)
+        mse = jnp.mean(jnp.square(fake_img - batch["image"]))
+        lp = perceptual(models, frozen["lpips"], fake_img, batch["image"])
+        total = hp.lambda_unlabel_mse * mse + hp.lambda_unlabel_lpips * lp
+        return total, (stats, {"e_unlabel_mse": mse, "e_unlabel_lpips": lp, "e_unlabel_loss": total})
+
+    (_, (stats, m_u)), grads = jax.value_and_grad(unlabel_loss, has_aux=True)(state.params, state.batch_stats)
+    params, slow_u, opt_u = _update(models, models.tx_unlabel, grads, state.opt_unlabel, state.params,
+                                    state.slow_unlabel)
+
+    # Ranger creates the labeled optimiser's slow buffer at its first step, from the weights then
+    slow_l = state.slow_label
+    if models.ranger:
+        first = state.step == 0
+        slow_l = jax.tree.map(lambda p, s: jnp.where(first, p, s), params, slow_l)
+
+    def label_loss(params, stats):
+        w, stats = encode(models, params, stats, batch["seg_image"], train=True)
+        fake_img, fake_seg = reconstruct(models, frozen["g"], w, k_l)
+        ce, dice = segmentation_losses(fake_seg.astype(jnp.float32), batch["seg_mask"])
+        mse = jnp.mean(jnp.square(fake_img - batch["seg_image"]))
+        lp = perceptual(models, frozen["lpips"], fake_img, batch["seg_image"])
+        total = (hp.lambda_label_ce * ce + hp.lambda_label_dice * dice + hp.lambda_label_mse * mse
+                 + hp.lambda_label_lpips * lp)
+        return total, (stats, {"e_label_ce": ce, "e_label_dice": dice, "e_label_mse": mse, "e_label_lpips": lp,
+                               "e_label_loss": total})
+
+    (_, (stats, m_l)), grads = jax.value_and_grad(label_loss, has_aux=True)(params, stats)
+    params, slow_l, opt_l = _update(models, models.tx_label, grads, state.opt_label, params, slow_l)
+
+    new_state = state.replace(step=state.step + 1, key=key, params=params, batch_stats=stats, slow_unlabel=slow_u,
+                              slow_label=slow_l, opt_unlabel=opt_u, opt_label=opt_l)
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in {**m_u, **m_l}.items()}
+
+
+def jit_train_step(models: EncoderModels, hp: EncoderHParams, mesh):
+    """`train_step` under one jit: state and frozen weights replicated (state donated), batch
+    split over 'data'. Returns step(state, frozen, batch)."""
+    from semgan_jax.parallel import batch_sharding, replicated
+
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    return jax.jit(lambda state, frozen, batch: train_step(models, hp, state, frozen, batch),
+                   in_shardings=(rep, rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the stage-1 run, and the loop
+# --------------------------------------------------------------------------------------------
+
+def load_stage1_config(stage1_dir: str | Path):
+    """The stage-1 run's config (WORKDIR/config.json) as a ConfigDict."""
+    import json
+
+    import ml_collections
+
+    path = Path(stage1_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: `stage1` must name a stage-1 workdir (semgan train-gan)")
+    cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+    if "model" not in cfg or "d_reg_every" not in cfg.get("train", {}):
+        raise ValueError(f"{path} is not a stage-1 (train-gan) config")
+    return cfg
+
+
+def load_generator(stage1_dir: str | Path, mesh=None):
+    """(stage-1 config, G module, G_ema params, fixed noises) from the latest stage-1 checkpoint."""
+    from semgan_jax import parallel
+    from semgan_jax.checkpoint import Checkpointer, abstract_like
+    from semgan_jax.train import gan
+
+    cfg = load_stage1_config(stage1_dir)
+    gm = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
+    mesh = mesh or parallel.make_mesh(1)
+    abstract = jax.eval_shape(lambda: gan.init_state(gm, jax.random.PRNGKey(0)))
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)),
+                            abstract)
+    ckpt = Checkpointer(Path(stage1_dir) / "checkpoints")
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no stage-1 checkpoint in {ckpt.directory}")
+        state, _ = ckpt.restore(abstract_like(abstract))
+    finally:
+        ckpt.close()
+    return cfg, gm.g, state.g_ema, state.g_noises
+
+
+def load_lpips_for(config):
+    """(LPIPS module, params) when the config weights LPIPS, else (None, None). Missing weight
+    files raise FileNotFoundError saying what to download and where to put it."""
+    t = config.train
+    if not (t.lambda_unlabel_lpips or t.lambda_label_lpips):
+        return None, None
+    from semgan_jax.perceptual.convert import load_lpips
+
+    module, variables = load_lpips(config.lpips.net, config.lpips.backbone or None, config.lpips.heads or None)
+    return module, variables["params"]
+
+
+def train(config, workdir: str, resume: bool = True) -> EncoderState:
+    """Run stage 2 as configured; resumable from WORKDIR/checkpoints. Writes config.json,
+    metrics.jsonl, samples/step_XXXXXX.png (labeled inputs | reconstructions | predicted
+    masks | true masks) and checkpoints, as stage 1."""
+    import ml_collections
+    import numpy as np
+
+    from semgan_jax import viz
+    from semgan_jax.checkpoint import Checkpointer
+    from semgan_jax.data.datasets import get_dataset_info
+    from semgan_jax.parallel import check_batch_size, make_mesh, replicated
+    from semgan_jax.train import gan, loop
+    from semgan_jax.train.observe import MetricsLogger
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    mesh = make_mesh(config.train.mesh_data)
+    s1, g_module, g_ema, g_noises = load_generator(config.stage1, mesh)
+    lpips_module, lpips_params = load_lpips_for(config)
+    models = build_models(s1.model, config, lpips_module)
+    hp = hparams_from_config(config.train)
+    local_batch = check_batch_size(config.train.batch_size, mesh)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    state = jax.jit(lambda k: init_state(models, k), out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
+    frozen = jax.device_put({"g": g_ema, "lpips": lpips_params}, replicated(mesh))
+    data_cfg = s1.data.copy_and_resolve_references()
+    data_cfg.update(config.data)
+    feed = ml_collections.ConfigDict(dict(data=data_cfg, seed=config.seed, model=s1.model))
+    it_u, it_l = gan.make_iterators(feed, local_batch)
+    iterators = {"unlabeled": it_u, "labeled": it_l}
+    ckpt = Checkpointer(workdir / "checkpoints", keep=config.log.keep)
+    if resume:
+        state = loop.restore_latest(ckpt, state, iterators)
+
+    palette = get_dataset_info(data_cfg.name).palette
+    n = config.log.n_sample
+    viz_feed = ml_collections.ConfigDict(dict(data=data_cfg, seed=config.seed + 7, model=s1.model))
+    viz_batch = next(gan.make_iterators(viz_feed, n)[1])
+
+    @jax.jit
+    def predict(state, frozen, x):
+        w, _ = encode(models, state.params, state.batch_stats, x, train=False)
+        return models.g.apply({"params": frozen["g"], "noises": g_noises}, w, input_is_latent=True,
+                              randomize_noise=False)
+
+    def write_samples(state, step):
+        if jax.process_index() == 0:
+            img, seg = jax.device_get(predict(state, frozen, jnp.asarray(viz_batch["image"])))
+            cols = [viz.to_uint8(viz_batch["image"]), viz.to_uint8(img), viz.colorize(viz.seg_to_labels(seg), palette),
+                    viz.colorize(np.asarray(viz_batch["mask"]), palette)]
+            viz.save_png(workdir / "samples" / f"step_{step:06d}.png", viz.grid(cols, ncol=2),
+                         scale=max(1, 128 // img.shape[1]))
+
+    logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
+                           show=("e_unlabel_loss", "e_label_loss"))
+    step_fn = jit_train_step(models, hp, mesh)
+    return loop.run(state, lambda s, b: step_fn(s, frozen, b), lambda: gan.next_batch(it_u, it_l, mesh),
+                    total=config.train.iterations, log_cfg=config.log, ckpt=ckpt, iterators=iterators,
+                    logger=logger, write_samples=write_samples)

@@ -1,0 +1,176 @@
+"""Stage 2 (encoder training) and inference (batched latent optimisation), on a tiny 16-px
+stage-1 run made once for the module."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_gan_config
+from semgan_jax import cli, infer
+from semgan_jax.perceptual.lpips import LPIPS
+from semgan_jax.train import encoder as stage2
+from semgan_jax.train import gan
+
+
+def tiny_encoder_config(stage1_dir, **overrides):
+    c = stage2.default_config()
+    c.stage1 = str(stage1_dir)
+    c.data.update(unlabeled_split="train", num_labeled=16, num_workers=0, prefetch=2)
+    c.encoder.update(base_width=4, feature_dim=8)
+    c.train.update(iterations=2, batch_size=8, lr_decay_start=100, lr_decay_end=200, lambda_unlabel_lpips=0.0,
+                   lambda_label_lpips=0.0)
+    c.log.update(log_every=1, viz_every=2, n_sample=4, save_every=1000)
+    for k, v in overrides.items():
+        section, field = k.split(".")
+        c[section][field] = v
+    return c
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A 2-iteration stage-1 run and a 2-iteration stage-2 run on it."""
+    root = tmp_path_factory.mktemp("runs")
+    gan.train(tiny_gan_config(**{"train.iterations": 2, "log.viz_every": 1000}), root / "stage1")
+    stage2.train(tiny_encoder_config(root / "stage1"), root / "stage2")
+    return root
+
+
+def fixed_batch(seg_dim=6, n=8, size=16):
+    rng = np.random.default_rng(0)
+    lab = rng.integers(0, seg_dim, (n, size, size))
+    return {"image": jnp.asarray(rng.uniform(-1, 1, (n, size, size, 3)), jnp.float32),
+            "seg_image": jnp.asarray(rng.uniform(-1, 1, (n, size, size, 3)), jnp.float32),
+            "seg_mask": jnp.asarray(2 * np.eye(seg_dim)[lab] - 1, jnp.float32)}
+
+
+def test_stage2_run_writes_samples_metrics_and_checkpoint(runs):
+    rows = [json.loads(r) for r in (runs / "stage2" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"e_unlabel_mse", "e_label_ce", "e_label_dice", "e_label_loss"} <= set(rows[0])
+    assert (runs / "stage2" / "samples" / "step_000002.png").is_file()
+    assert (runs / "stage2" / "checkpoints" / "2").is_dir()
+
+
+def test_wrong_stage_is_named(runs):
+    with pytest.raises(ValueError, match="not a stage-1"):
+        stage2.load_stage1_config(runs / "stage2")
+    with pytest.raises(FileNotFoundError, match="must name a stage-1 workdir"):
+        stage2.load_stage1_config(runs / "nowhere")
+
+
+def test_encoder_step_lowers_both_losses_on_a_fixed_batch(runs):
+    """With LPIPS (random VGG weights: the code path, not the metric) on, 12 iterations of the
+    reference's two updates on one batch lower the unlabeled and the labeled loss; the labeled
+    optimiser's Lookahead copy starts from the weights at its first step."""
+    s1 = stage2.load_stage1_config(runs / "stage1")
+    cfg = tiny_encoder_config(runs / "stage1", **{"train.lambda_unlabel_lpips": 10.0,
+                                                  "train.lambda_label_lpips": 10.0})
+    lp = LPIPS("vgg")
+    lp_params = lp.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 3)))["params"]
+    models = stage2.build_models(s1.model, cfg, lp)
+    hp = stage2.hparams_from_config(cfg.train)
+    _, _, g_ema, _ = stage2.load_generator(runs / "stage1")
+    frozen = {"g": g_ema, "lpips": lp_params}
+    state = jax.jit(lambda k: stage2.init_state(models, k))(jax.random.PRNGKey(0))  # distinct buffers
+    step = jax.jit(lambda s, b: stage2.train_step(models, hp, s, frozen, b), donate_argnums=(0,))
+    batch = fixed_batch()
+    p0 = jax.tree.map(np.array, state.params)
+    history = []
+    for i in range(12):
+        state, m = step(state, batch)
+        history.append(jax.device_get(m))
+        if i == 0:
+            # Ranger slow copies: the unlabeled one holds the initial weights, the labeled one the
+            # weights at its first step (after the first unlabeled update)
+            for a, b in zip(jax.tree.leaves(state.slow_unlabel), jax.tree.leaves(p0)):
+                np.testing.assert_array_equal(a, b)
+            assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(state.slow_label),
+                                                                     jax.tree.leaves(p0))) > 0
+    assert history[0]["e_unlabel_lpips"] != 0  # random heads: any sign
+    for key in ("e_unlabel_loss", "e_label_loss"):
+        first, last = history[0][key], np.mean([h[key] for h in history[-3:]])
+        assert last < first, (key, [h[key] for h in history])
+    assert int(state.step) == 12
+
+
+@pytest.fixture(scope="module")
+def inverter(runs):
+    return infer.load_inverter(runs / "stage2", use_lpips="off")
+
+
+def test_inversion_lowers_reconstruction_error(inverter):
+    inv, variables, _ = inverter
+    target = fixed_batch()["image"][:1]
+    def run(steps):
+        cfg = infer.InvertConfig(step=steps, lr=0.1)
+        return jax.jit(lambda x: infer.invert(inv, variables, cfg, x, jax.random.PRNGKey(0)))(target)
+
+    start, res = run(0), run(15)  # 0 steps: G(E(x)) with the same initial noise maps
+    np.testing.assert_allclose(start["w_plus"], inv.e.apply(variables["e"], target, train=False), atol=1e-6)
+    mse_end = float(jnp.mean((res["image"] - target) ** 2))
+    mse_start = float(jnp.mean((start["image"] - target) ** 2))
+    assert mse_end < mse_start
+    assert res["loss"].shape == (1, 15) and float(res["loss"][0, -1]) < float(res["loss"][0, 0])
+    assert res["seg"].shape == (1, 16, 16, 6) and res["w_plus"].shape == (1, inv.g.n_latent, inv.g.style_dim)
+
+
+def test_batched_inversion_equals_one_image_at_a_time(inverter):
+    inv, variables, _ = inverter
+    targets = fixed_batch()["image"][:3]
+    cfg = infer.InvertConfig(step=4)
+    key = jax.random.PRNGKey(5)
+    batched = jax.jit(lambda x: infer.invert(inv, variables, cfg, x, key))(targets)
+    keys = jax.random.split(key, 3)
+    one = jax.jit(lambda x, k: infer.invert_one(inv, variables, cfg, x, k))
+    for i in range(3):
+        single = one(targets[i], keys[i])
+        for name in ("w_plus", "image", "seg", "loss"):
+            np.testing.assert_allclose(batched[name][i], single[name], atol=2e-5, rtol=1e-5)
+
+
+def test_mean_init_inversion_runs_from_a_stage1_run(runs):
+    inv, variables, _ = infer.load_inverter(runs / "stage1", use_lpips="off")
+    assert inv.e is None
+    cfg = infer.InvertConfig(step=3, mean_init=True, n_mean_latent=64)
+    res = jax.jit(lambda x: infer.invert(inv, variables, cfg, x, jax.random.PRNGKey(0)))(fixed_batch()["image"][:2])
+    assert np.all(np.isfinite(res["loss"]))
+
+
+def test_segment_and_evaluate_commands(runs, tmp_path):
+    from PIL import Image
+
+    from semgan_jax.data import synthetic
+
+    src = synthetic.synthetic_split("test", 16)
+    images = tmp_path / "images"
+    masks = tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(3):
+        Image.fromarray(src[i]["image"]).save(images / f"f{i}.png")
+        Image.fromarray(src[i]["mask"]).save(masks / f"f{i}.png")
+    Image.fromarray(src[3]["image"]).convert("RGBA").resize((24, 24)).save(images / "rgba24.png")
+    Image.fromarray(src[3]["mask"]).resize((24, 24), Image.NEAREST).save(masks / "rgba24.png")
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    common = ["--checkpoint", str(runs / "stage2"), "--step", "3", "--batch", "4", "--lpips", "off"]
+    with pytest.warns(UserWarning, match="rgba24.png: 24x24 resized"):
+        assert cli.main(["segment", str(images), "--out", str(out), "--save-latent", *common]) == 0
+    for sub in ("mask", "mask_rgb", "recon", "overlay"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["f0.png", "f1.png", "f2.png", "rgba24.png"]
+    labels = np.asarray(Image.open(out / "mask" / "f0.png"))
+    assert labels.shape == (16, 16) and labels.max() < 6
+    assert np.load(out / "latent" / "f0.npy").shape == (6, 32)
+
+    (images / "broken.png").unlink()
+    result = tmp_path / "scores.json"
+    assert cli.main(["evaluate", "--images", str(images), "--masks", str(masks), "--out", str(result),
+                     "--grid", str(tmp_path / "grid.png"), *common]) == 0
+    scores = json.loads(result.read_text())
+    assert scores["num_images"] == 4 and 0 <= scores["dataset"]["miou"] <= 1
+    assert (tmp_path / "grid.png").is_file()
+    assert cli.main(["evaluate", "--split", "test", "--limit", "4", "--out", str(result), *common]) == 0
+    assert json.loads(result.read_text())["num_images"] == 4
