@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from semgan_jax.convert.cli import register_convert, register_export
 from semgan_jax.segment import register_evaluate, register_segment
 from semgan_jax.train.commands import register_train_encoder, register_train_gan
 
@@ -56,7 +57,8 @@ def run_prepare(args) -> int:
     return 0
 
 
-REGISTRARS = [register_prepare, register_train_gan, register_train_encoder, register_segment, register_evaluate]
+REGISTRARS = [register_prepare, register_train_gan, register_train_encoder, register_segment, register_evaluate,
+              register_convert, register_export]
 
 
 def build_parser() -> argparse.ArgumentParser:
