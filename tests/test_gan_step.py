@@ -87,7 +87,8 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
-    """`semgan train-gan` stopped by SIGTERM writes a checkpoint at the step it reached and exits 0."""
+    """`semgan train-gan` stopped by SIGTERM writes a checkpoint at the step it reached and exits 0;
+    `--resume` (no --config) continues it from its saved config."""
     workdir = tmp_path / "run"
     args = [sys.executable, "-m", "semgan_jax.cli", "train-gan", "--workdir", str(workdir)]
     over = [f"--config.{k}={v}" for k, v in {
@@ -111,6 +112,12 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     # without --resume the run refuses to start over the checkpoint
     again = subprocess.run(args + over, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "pass --resume" in again.stderr
+    # --resume without --config continues with the run's own config.json (the tiny networks)
+    resumed = subprocess.run(args + ["--resume", f"--config.train.iterations={steps[-1] + 1}"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step {steps[-1]}" in resumed.stdout
+    assert json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["step"] == steps[-1] + 1
 
 
 def test_bfloat16_compute_keeps_float32_params_and_losses():

@@ -48,27 +48,10 @@ def run_convert(args) -> int:
           f"{m['channel_multiplier']}, seg_dim {m['seg_dim']}, {m['image_channels']} image channels{enc}) -> {out}")
     if "encoder" in config:
         print(f"  segment:        semgan segment --checkpoint {out} IMAGES...")
-        print(f"  train-encoder:  semgan train-encoder --workdir {out} --resume --config FILE "
-              f"--config.stage1={out / 'stage1'}")
+        print(f"  train-encoder:  semgan train-encoder --workdir {out} --resume")
     else:
-        print(f"  resume:  semgan train-gan --config {args.config or 'FILE'} --workdir {out} --resume "
-              f"{' '.join(_overrides(out, args.config))}".rstrip())
+        print(f"  resume:  semgan train-gan --workdir {out} --resume")
     return 0
-
-
-def _overrides(out, config_file) -> list[str]:
-    """The model overrides train-gan needs on top of `config_file` (or the defaults)."""
-    import json
-
-    import ml_collections
-
-    from semgan_jax.config import load_config_file
-    from semgan_jax.convert.workdir import model_overrides
-    from semgan_jax.train.gan import default_config
-
-    run = ml_collections.ConfigDict(json.loads((out / "config.json").read_text()))
-    base = load_config_file(config_file) if config_file else default_config()
-    return model_overrides(run, base)
 
 
 def register_export(subparsers) -> None:

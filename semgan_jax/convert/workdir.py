@@ -75,11 +75,6 @@ def stage2_run_config(config: dict[str, Any], stage1_dir: Path, base=None):
     return run
 
 
-def model_overrides(run, base) -> list[str]:
-    """The --config.model.* arguments that turn `base`'s model section into `run`'s."""
-    return [f"--config.model.{k}={run.model[k]}" for k in run.model if run.model[k] != base.model.get(k)]
-
-
 # ---- train states ---------------------------------------------------------------------------
 
 def fresh_data_state(data_cfg, seg_dim: int) -> dict[str, Any]:

@@ -18,17 +18,33 @@ def enable_compilation_cache() -> None:
 
 
 def _add_config_args(p, default_config: str) -> None:
-    p.add_argument("--config", default=default_config, help=f"experiment config file (default {default_config})")
+    p.add_argument("--config", help=f"experiment config file (default {default_config}; with --resume, the "
+                                    "run's own WORKDIR/config.json)")
     p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, samples")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --workdir")
+    p.set_defaults(default_config=default_config)
 
 
 def load_run_config(args, overrides: list[str]):
-    """Config file + `--config.x=y` overrides; refuses to overwrite a run without --resume."""
+    """Config + `--config.x=y` overrides. The config is --config, else (with --resume) the run's
+    WORKDIR/config.json, else the command's default file. Refuses to overwrite a run without
+    --resume."""
+    import json
+
+    import ml_collections
+
     from semgan_jax.config import apply_overrides, load_config_file
 
-    config = apply_overrides(load_config_file(args.config), overrides)
-    ckpt_dir = Path(args.workdir) / "checkpoints"
+    workdir = Path(args.workdir)
+    saved = workdir / "config.json"
+    if args.config:
+        config = load_config_file(args.config)
+    elif args.resume and saved.is_file():
+        config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+    else:
+        config = load_config_file(args.default_config)
+    config = apply_overrides(config, overrides)
+    ckpt_dir = workdir / "checkpoints"
     if not args.resume and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
         raise FileExistsError(f"{args.workdir} already holds checkpoints: pass --resume to continue that run, "
                               "or choose a new --workdir")
