@@ -59,10 +59,10 @@ def bench_modconv(batch, res, cin, cout, upsample, repeats):
     return rows
 
 
-def bench_generator(batch, size, repeats, channel_multiplier=2):
+def bench_generator(batch, size, repeats, impls=IMPLS, channel_multiplier=2):
     rows = []
     z = jax.random.normal(jax.random.PRNGKey(0), (batch, 512))
-    for impl in IMPLS:
+    for impl in impls:
         g = Generator(size=size, channel_multiplier=channel_multiplier, impl=impl)
         v = init_generator(g, jax.random.PRNGKey(0))
         c, t = time_fn(fwd_bwd(lambda p, zz, g=g: g.apply({"params": p, "noises": v["noises"]}, zz,
@@ -79,29 +79,38 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--gen-batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--grouped-max-size", type=int, default=64,
+                    help="time the grouped form of G only up to this size (it is the slow one)")
     ap.add_argument("--json", help="write all rows here")
     args = ap.parse_args(argv)
-
-    rows = []
-    rows += bench_modconv(args.batch, 32, 512, 512, False, args.repeats)
-    rows += bench_modconv(args.batch, 16, 512, 512, True, args.repeats)
-    rows += bench_modconv(args.batch, 64, 256, 256, False, args.repeats)
-    for size in args.sizes:
-        rows += bench_generator(args.gen_batch, size, args.repeats)
 
     print(f"device: {jax.devices()[0].device_kind}  ({jax.default_backend()}, jax {jax.__version__})")
     print(f"{'case':34s} {'impl':14s} {'batch':>5s} {'compile s':>9s} {'median ms':>10s} "
           f"{'spread ms':>15s} {'samples/s':>10s}")
+    cases = [lambda: bench_modconv(args.batch, 32, 512, 512, False, args.repeats),
+             lambda: bench_modconv(args.batch, 16, 512, 512, True, args.repeats),
+             lambda: bench_modconv(args.batch, 64, 256, 256, False, args.repeats)]
+    cases += [lambda size=size: bench_generator(
+        args.gen_batch, size, args.repeats, IMPLS if size <= args.grouped_max_size else IMPLS[:1])
+        for size in args.sizes]
+    rows = []
+    for case in cases:
+        new = case()
+        rows += new
+        report(new)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def report(rows):
     for r in rows:
         med = statistics.median(r["times"])
         r.update(median_s=med, samples_per_s=r["batch"] / med)
         spread = f"{min(r['times']) * 1e3:.1f}-{max(r['times']) * 1e3:.1f}"
         print(f"{r['case']:34s} {r['impl']:14s} {r['batch']:5d} {r['compile_s']:9.2f} {med * 1e3:10.1f} "
               f"{spread:>15s} {r['samples_per_s']:10.2f}" + (f"  (|diff| {r['max_abs_diff']:.1e})"
-                                                             if "max_abs_diff" in r else ""))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+                                                             if "max_abs_diff" in r else ""), flush=True)
 
 
 if __name__ == "__main__":
