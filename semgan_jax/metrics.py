@@ -6,22 +6,25 @@ Segmentation (numpy; no jax needed)
         maps (N, H, W) or (H, W); .result() -> JSON-able dict; .table() -> printable text
     report(metrics, title=None, file=sys.stdout) -> dict: prints the table, returns .result()
 
-Inception metrics (float64 numpy for the statistics)
-    frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, offset="fallback") -> float
-    inception_score(probs, num_splits=10) -> (mean, std)
+Inception metrics (float64 numpy for the statistics; no scipy)
+    frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6, offset="always") -> float
+    trace_sqrt_product(sigma1, sigma2) -> Tr(sqrtm(S1 S2)) from a symmetric eigenvalue problem
+    softmax(logits) / inception_score(probs, num_splits=10) -> (mean, std)
     FeatureStats: streaming mean / covariance of (N, D) feature batches (Chan's merge, float64)
     InceptionStats: mu, sigma, n, is_mean, is_std (+ metadata); .save(path) / load_stats(path)
     fid_from_features(features (N, D), reference) -> float
-    InceptionMetrics(weights=None, batch_size=50): jitted Inception features and
-        .dataset_stats(batches, total) / .sample_stats(sample_fn, key, n) -> InceptionStats,
+    InceptionMetrics(weights=None, batch_size=50): jitted Inception-v3, .forward / .features of
+        one batch, .stats(batches, total) / .sample_stats(sample_fn, key, n) -> InceptionStats,
         .fid_is(sample_fn, key, reference, n) -> {'fid', 'is_mean', 'is_std', 'n'}
+    generator_sample_fn(generator, variables) -> sample_fn for the above
 
 How the reference computes FID / IS (utils/inception_utils.py, prepare_inception.py): torchvision
 Inception-v3 pool features (2048) and softmax logits (1000) of images in [-1, 1] (see
 perceptual/inception.py); data statistics mean and np.cov(rowvar=False) of all features; IS over
 10 splits of N // 10 probabilities each (the remainder is dropped), mean and std of the split
-scores; FID via scipy sqrtm in float64. During training the reference draws 10,000 samples from
-g_ema (truncation 1) for FID / IS.
+scores; FID by numpy_calculate_frechet_distance (scipy sqrtm, eps I always added to both
+covariances), reproduced here without scipy to ~1e-8 relative or better. During training the
+reference draws 10,000 samples from g_ema (truncation 1) for FID / IS.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import os
 import pickle
 import sys
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -88,22 +91,23 @@ def _json_float(x) -> float | None:
 
 
 class SegmentationMetrics:
-    """Streaming IoU / Dice (= JSI / DSC for binary tasks) over (pred, target) integer maps.
+    """Streaming IoU (= JSI) and Dice (= DSC) over (pred, target) integer maps, K classes.
 
-    Two averages are kept, both reported by `result()`:
-      * dataset: one confusion matrix summed over all pixels of all images; per-class
-        IoU = TP / (TP + FP + FN), Dice = 2 TP / (2 TP + FP + FN); mIoU / mDice = mean over classes.
-      * per_image: the same scores per image, then averaged over images; mIoU of an image is the
-        mean over the classes present in it (target or prediction).
-    Absent classes: a class neither in the target nor in the prediction has no score (0 / 0) and
-    is left out of every mean (per image, and per class over the images where it occurs); a class
-    present in one but not the other scores 0. A class absent from the whole evaluation set is
-    reported as None and left out of mIoU.
+    Two averages, both in `result()`:
+      * dataset (the reference's, `validate` in semanticGAN/train_enc.py): intersections and
+        unions summed over all pixels of all images; per class IoU = TP / (TP + FP + FN), Dice =
+        2 TP / (2 TP + FP + FN). 'miou' / 'mdice' are means over all K classes, background
+        included, a class absent from both targets and predictions counting as 0 - the reference's
+        inter / (eps + union). 'miou_present' / 'mdice_present' leave such classes out; the two
+        agree whenever every class occurs. 'pixel_accuracy' as the reference's pixAcc.
+      * per_image: the same scores per image, then averaged over images; a class neither in the
+        target nor in the prediction of an image has no score there (0 / 0) and is left out of that
+        image's mean and of the class's average over images; present in one but not the other
+        scores 0.
+    Per-class values of a class absent from the whole set are None (JSON null).
     For K = 2 (background, foreground) `result()` adds 'jsi' and 'dsc': the foreground IoU / Dice
-    averaged per image (the usual protocol for skin-lesion and lung segmentation) and their
-    dataset-level values 'jsi_dataset' / 'dsc_dataset'.
-    The reference repository ships no evaluation code; these are the paper's metric names with
-    the standard definitions.
+    averaged over images (the usual protocol for skin-lesion and lung segmentation; the reference
+    ships no code for these two), and their dataset-level values 'jsi_dataset' / 'dsc_dataset'.
     """
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None):
@@ -146,13 +150,21 @@ class SegmentationMetrics:
             iou_img, dice_img = self._iou_sum / self._present, self._dice_sum / self._present
             per_image_miou = self._miou_sum / self._images_scored if self._images_scored else np.nan
             per_image_mdice = self._mdice_sum / self._images_scored if self._images_scored else np.nan
+        union = self.confusion.sum(axis=0) + self.confusion.sum(axis=1) - np.diagonal(self.confusion)
+        occurs = union > 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            total = self.confusion.sum()
+            accuracy = np.trace(self.confusion) / total if total else np.nan
         out = {
             "num_images": self.num_images,
             "num_classes": self.num_classes,
             "class_names": list(self.class_names),
             "confusion": self.confusion.tolist(),
             "dataset": {"iou": [_json_float(v) for v in iou], "dice": [_json_float(v) for v in dice],
-                        "miou": _json_float(_nanmean(iou)), "mdice": _json_float(_nanmean(dice))},
+                        "miou": _json_float(np.where(occurs, iou, 0.0).mean()) if total else None,
+                        "mdice": _json_float(np.where(occurs, dice, 0.0).mean()) if total else None,
+                        "miou_present": _json_float(_nanmean(iou)), "mdice_present": _json_float(_nanmean(dice)),
+                        "pixel_accuracy": _json_float(accuracy)},
             "per_image": {"iou": [_json_float(v) for v in iou_img], "dice": [_json_float(v) for v in dice_img],
                           "images_with_class": self._present.tolist(),
                           "miou": _json_float(per_image_miou), "mdice": _json_float(per_image_mdice)},
@@ -176,6 +188,11 @@ class SegmentationMetrics:
                          f"{fmt(p['dice'][i]):>8}  {p['images_with_class'][i]:>6}")
         lines.append(f"{'mean':<{width}}  {fmt(d['miou'])}  {fmt(d['mdice'])}  {fmt(p['miou']):>7}  "
                      f"{fmt(p['mdice']):>8}")
+        if d["miou"] != d["miou_present"]:
+            lines.append(f"(classes absent from the whole set count as 0 in the dataset means, as in the "
+                         f"reference; over present classes only: mIoU {fmt(d['miou_present'])}, "
+                         f"mDice {fmt(d['mdice_present'])})")
+        lines.append(f"pixel accuracy {fmt(d['pixel_accuracy'])}")
         if self.num_classes == 2:
             lines.append(f"JSI {fmt(r['jsi'])}  DSC {fmt(r['dsc'])}  (foreground, mean over images; "
                          f"dataset-level JSI {fmt(r['jsi_dataset'])}, DSC {fmt(r['dsc_dataset'])})")
@@ -191,38 +208,65 @@ def report(metrics: SegmentationMetrics, title: str | None = None, file=sys.stdo
 # --------------------------------------------------------------------------- FID / IS math
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, offset: str = "fallback") -> float:
-    """Fréchet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)) in float64.
+def trace_sqrt_product(sigma1, sigma2) -> float:
+    """Tr(sqrtm(S1 S2)) for symmetric PSD (D, D) matrices, float64, numpy only (no scipy).
 
-    offset="fallback" (pytorch-fid): add eps * I to both covariances only when sqrtm(S1 S2) is not
-    finite (near-singular product). offset="always": always take sqrtm((S1 + eps I)(S2 + eps I)),
-    as the reference's numpy_calculate_frechet_distance does (its `if` covers only the message).
-    A complex result whose diagonal has an imaginary part above 1e-3 raises ValueError; smaller
-    imaginary parts (rounding) are dropped.
+    S1 S2 has the eigenvalues of a symmetric PSD matrix M, so the trace of its principal square
+    root is sum_i sqrt(lambda_i(M)), from numpy's eigvalsh: M = L^T S2 L with S1 = L L^T
+    (Cholesky; roles swapped when only S2 factors), or S1^1/2 S2 S1^1/2 from an eigendecomposition
+    of S1 when neither is positive definite (N < D features). Eigenvalues that rounding makes
+    slightly negative count as 0: that is where scipy.linalg.sqrtm returns the small imaginary part
+    that FID code drops. D = 2048 takes a few seconds on 2 CPU cores (Cholesky route).
     """
-    from scipy import linalg
+    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    for a, b in ((s1, s2), (s2, s1)):
+        try:
+            low = np.linalg.cholesky(a)
+        except np.linalg.LinAlgError:
+            continue
+        m = low.T @ b @ low
+        break
+    else:
+        w, v = np.linalg.eigh((s1 + s1.T) / 2)
+        root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        m = root @ s2 @ root
+    lam = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(np.sum(np.sqrt(np.clip(lam, 0, None))))
 
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, offset: str = "always") -> float:
+    """Fréchet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), float64.
+
+    mu (D,), sigma (D, D). The square-root term comes from `trace_sqrt_product` (numpy; it stays
+    finite and real for singular or near-singular covariances, N < D included).
+    offset="always" (default): use (S1 + eps I)(S2 + eps I) inside the square root, as the
+    reference's numpy_calculate_frechet_distance does (its singularity test only prints).
+    offset="fallback": pytorch-fid's calculate_frechet_distance, which adds eps I only when its
+    scipy sqrtm fails; `trace_sqrt_product` never fails on finite input, so no offset is added.
+    Non-finite inputs raise ValueError.
+    """
     if offset not in ("fallback", "always"):
         raise ValueError(f"offset must be 'fallback' or 'always', got {offset!r}")
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"shape mismatch: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
+        raise ValueError("FID: non-finite values in the feature statistics")
     diff = mu1 - mu2
-    covmean = None
-    if offset == "fallback":
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():
-            print(f"FID: singular covariance product; adding {eps} to the diagonals", file=sys.stderr)
-            covmean = None
-    if covmean is None:
+    if offset == "always":
         eye = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + eye) @ (sigma2 + eye))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"FID: imaginary component {np.max(np.abs(covmean.imag))} in sqrtm")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+        tr_covmean = trace_sqrt_product(sigma1 + eye, sigma2 + eye)
+    else:
+        tr_covmean = trace_sqrt_product(sigma1, sigma2)
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
+
+
+def softmax(logits) -> np.ndarray:
+    """Softmax over the last axis in float64: (..., K) -> (..., K)."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def inception_score(probs, num_splits: int = 10) -> tuple[float, float]:
@@ -235,7 +279,9 @@ def inception_score(probs, num_splits: int = 10) -> tuple[float, float]:
     scores = []
     for i in range(num_splits):
         chunk = probs[i * size:(i + 1) * size]
-        kl = chunk * (np.log(chunk) - np.log(chunk.mean(axis=0, keepdims=True)))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = chunk * (np.log(chunk) - np.log(chunk.mean(axis=0, keepdims=True)))
+        kl = np.where(chunk > 0, kl, 0.0)  # 0 log 0 = 0 (the reference would give NaN)
         scores.append(np.exp(np.mean(np.sum(kl, axis=1))))
     return float(np.mean(scores)), float(np.std(scores))
 
@@ -303,7 +349,7 @@ def load_stats(path: str | os.PathLike) -> InceptionStats:
                           meta={k: v for k, v in d.items() if k in ("size", "path")})
 
 
-def fid_from_features(features, reference: InceptionStats, offset: str = "fallback") -> float:
+def fid_from_features(features, reference: InceptionStats, offset: str = "always") -> float:
     """FID of feature rows (N, D) (N >= 2) against reference statistics."""
     stats = FeatureStats(reference.mu.shape[0])
     stats.update(features)
@@ -328,32 +374,43 @@ class InceptionMetrics:
         from semgan_jax.perceptual.convert import inception_variables, load_inception
         from semgan_jax.perceptual.inception import InceptionV3
 
-        if isinstance(weights, dict) and "params" in weights and "batch_stats" in weights:
-            self.model, self.variables = InceptionV3(), weights
-        elif isinstance(weights, dict):
-            self.model, self.variables = InceptionV3(), inception_variables(weights)
+        if isinstance(weights, Mapping) and "params" in weights and "batch_stats" in weights:
+            self.model, variables = InceptionV3(), weights
+        elif isinstance(weights, Mapping):
+            self.model, variables = InceptionV3(), inception_variables(weights)
         else:
-            self.model, self.variables = load_inception(weights)
+            self.model, variables = load_inception(weights)
+        self.variables = jax.device_put(variables)  # once, not with every batch
         self.batch_size = batch_size
 
         def forward(variables, images):
-            pool, logits = self.model.apply(variables, images)
-            return pool, jax.nn.softmax(logits, axis=-1)
+            return self.model.apply(variables, images)
 
         self._forward = jax.jit(forward)
 
-    def features(self, images) -> tuple[np.ndarray, np.ndarray]:
-        """images (N <= batch_size, H, W, C) in [-1, 1] -> (pool (N, 2048), probs (N, 1000)) float32."""
+    def forward(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """images (N <= batch_size, H, W, C) in [-1, 1] -> (pool (N, 2048), logits (N, 1000)) float32.
+
+        Batches smaller than batch_size are zero-padded to it, so the network compiles once.
+        """
         import jax.numpy as jnp
 
         n = images.shape[0]
         if n > self.batch_size:
             raise ValueError(f"batch of {n} > batch_size {self.batch_size}")
         images = jnp.asarray(images, jnp.float32)
+        if images.shape[-1] == 1:  # grey: repeated to RGB here, so one compilation serves both
+            images = jnp.repeat(images, 3, axis=-1)
         if n < self.batch_size:
             images = jnp.pad(images, [(0, self.batch_size - n)] + [(0, 0)] * 3)
-        pool, probs = self._forward(self.variables, images)
-        return np.asarray(pool[:n]), np.asarray(probs[:n])
+        pool, logits = self._forward(self.variables, images)
+        return np.asarray(pool[:n]), np.asarray(logits[:n])
+
+    def features(self, images) -> tuple[np.ndarray, np.ndarray]:
+        """images (N <= batch_size, H, W, C) in [-1, 1] -> (pool (N, 2048) float32, softmax
+        probabilities (N, 1000) float64)."""
+        pool, logits = self.forward(images)
+        return pool, softmax(logits)
 
     def stats(self, batches: Iterable, total: int | None = None, progress: bool = True,
               num_splits: int = 10, desc: str = "inception") -> InceptionStats:
@@ -400,7 +457,7 @@ class InceptionMetrics:
         return self.stats(batches(), total=n, progress=progress, num_splits=num_splits, desc="samples")
 
     def fid_is(self, sample_fn: Callable, key, reference: InceptionStats, n: int = 50_000,
-               progress: bool = True, num_splits: int = 10, offset: str = "fallback") -> dict:
+               progress: bool = True, num_splits: int = 10, offset: str = "always") -> dict:
         """{'fid', 'is_mean', 'is_std', 'n'} of n generator samples against reference stats."""
         s = self.sample_stats(sample_fn, key, n, progress=progress, num_splits=num_splits)
         fid = frechet_distance(s.mu, s.sigma, reference.mu, reference.sigma, offset=offset)

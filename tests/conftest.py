@@ -4,8 +4,12 @@ step, e.g. resume, compile it once), and the tiny stage-1 config."""
 import os
 from pathlib import Path
 
-import jax
-import pytest
+# numpy's BLAS with one thread per process: pytest-xdist already uses every core, and threaded
+# OpenBLAS is 10-20x slower on the 2-core CI machine (FID's 2048x2048 factorisations)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 CACHE_DIR = os.environ.get("SEMGAN_JAX_TEST_CACHE", str(Path.home() / ".cache" / "semgan_jax" / "xla-tests"))
 jax.config.update("jax_compilation_cache_dir", CACHE_DIR)

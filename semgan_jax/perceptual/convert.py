@@ -151,7 +151,8 @@ def _check(expected, got, what: str, extra: list[str]) -> None:
 # torchvision `features.{i}` or lpips `net.slice{k}.{i}` conv layers.
 _FEATURE_KEY = re.compile(r"(?:^|\.)(?:features|slice\d)\.(\d+)\.(weight|bias)$")
 _HEAD_KEY = re.compile(r"^lin(\d)\.model\.\d+\.weight$")
-_IGNORED_BACKBONE_KEY = re.compile(r"^(classifier\.|lin\d\.|scaling_layer\.)")
+# torchvision's classifier; in a whole lpips.LPIPS state dict its heads (twice) and ScalingLayer buffers.
+_IGNORED_BACKBONE_KEY = re.compile(r"^(classifier\.|lin\d\.|lins\.\d|scaling_layer\.)")
 
 
 def backbone_params(state: Mapping[str, np.ndarray]) -> tuple[dict, list[str]]:

@@ -27,17 +27,16 @@ import jax.numpy as jnp
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 
-# torchvision `features` layouts: ("conv", out, kernel, stride, padding) | ("pool", window, stride),
-# with the index of each entry in the Sequential (ReLUs take the index after their conv).
+# torchvision `features` layouts as (index in the Sequential, spec): spec (out, kernel, stride,
+# padding) is a conv followed by a ReLU (which takes index + 1); "pool" a 3x3 / 2 and "pool2" a
+# 2x2 / 2 max pool (floor mode).
 _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 # The ReLU indices whose outputs lpips taps (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
 VGG16_TAPS = (3, 8, 15, 22, 29)
-VGG16_CHANNELS = (64, 128, 256, 512, 512)
-ALEXNET_LAYERS = (  # index: (out, kernel, stride, padding) convs; ("pool",) max pools 3x3 / 2
+ALEXNET_LAYERS = (
     (0, (64, 11, 4, 2)), (2, "pool"), (3, (192, 5, 1, 2)), (5, "pool"), (6, (384, 3, 1, 1)),
     (8, (256, 3, 1, 1)), (10, (256, 3, 1, 1)))
 ALEXNET_TAPS = (1, 4, 7, 9, 11)
-ALEXNET_CHANNELS = (64, 192, 384, 256, 256)
 
 
 def _vgg16_layers():
@@ -90,13 +89,16 @@ def backbone(net: str, precision=None) -> _Features:
     raise ValueError(f"unknown LPIPS net {net!r}; choose 'vgg' or 'alex'")
 
 
-def head_channels(net: str) -> tuple[int, ...]:
-    return {"vgg": VGG16_CHANNELS, "alex": ALEXNET_CHANNELS}[net]
-
-
 def unit_normalize(x, eps: float = 1e-10):
-    """x / (||x||_2 over the channel axis + eps), as lpips.normalize_tensor (NHWC)."""
-    return x / (jnp.sqrt(jnp.sum(x * x, axis=-1, keepdims=True)) + eps)
+    """x / (||x||_2 over the channel axis + eps), as lpips.normalize_tensor; (..., C) -> (..., C).
+
+    Where all channels are zero (a ReLU output can be) the norm is taken as 0 without the
+    infinite derivative of sqrt at 0, so gradients stay finite; values are unchanged.
+    """
+    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    positive = sq > 0
+    norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    return x / (norm + eps)
 
 
 def to_rgb(x):
