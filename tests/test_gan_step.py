@@ -140,3 +140,29 @@ def test_bfloat16_compute_keeps_float32_params_and_losses():
     assert all(v.dtype == jnp.float32 and np.isfinite(v) for v in metrics.values())
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), state.d_img, new.d_img)
     assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_fid_every_eval_steps_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    """With eval.stats set, FID / IS of G_ema samples are logged every eval.every steps and the
+    best-FID checkpoint is kept in WORKDIR/best (random Inception weights: the code path)."""
+    from semgan_jax.metrics import InceptionStats
+    from semgan_jax.perceptual import convert
+    from semgan_jax.perceptual.inception import InceptionV3
+
+    model = InceptionV3()
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 75, 75, 3)))
+    monkeypatch.setattr(convert, "load_inception", lambda path=None: (model, variables))
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(64, 2048))
+    stats = tmp_path / "stats.npz"
+    InceptionStats(feats.mean(0), np.cov(feats, rowvar=False), 64).save(stats)
+    cfg = tiny_gan_config(**{"train.iterations": 4, "log.viz_every": 1000, "log.save_every": 1000,
+                             "eval.stats": str(stats), "eval.every": 2, "eval.n_samples": 10,
+                             "eval.batch_size": 10})
+    gan.train(cfg, tmp_path / "run")
+    rows = [r for r in read_metrics(tmp_path / "run") if "fid" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(np.isfinite(r["fid"]) and r["fid"] > 0 and r["is_mean"] >= 1 for r in rows)
+    best = json.loads((tmp_path / "run" / "best" / "fid.json").read_text())
+    assert best["fid"] == min(r["fid"] for r in rows)
+    assert (tmp_path / "run" / "best" / "checkpoint" / str(best["step"])).is_dir()

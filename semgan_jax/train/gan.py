@@ -110,6 +110,12 @@ def default_config():
     c.log = ml_collections.ConfigDict(dict(
         log_every=100, viz_every=100, n_sample=64, save_every=2000, keep=5,
         max_minutes=0.0))             # stop (with a checkpoint) after this wall time; 0 = no limit
+    c.eval = ml_collections.ConfigDict(dict(
+        stats="",                     # `semgan inception-stats` file of the real data; "" = no FID
+        every=1000,                   # the reference's eval_every
+        n_samples=10_000,             # G_ema samples per FID / IS (the reference draws 10k)
+        inception="",                 # torchvision Inception-v3 weights ("" = default location)
+        batch_size=50))
     return c
 
 
@@ -420,7 +426,43 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
             viz.save_samples(workdir / "samples" / f"step_{step:06d}.png", img, seg, palette)
 
     logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
-                           show=("d_img", "d_seg", "g"))
+                           show=("d_img", "d_seg", "g", "fid"))
+    evaluate = fid_evaluator(config, models, workdir, iterators) if config.get("eval", {}).get("stats") else None
     return loop.run(state, jit_train_step(models, hp, mesh), lambda: next_batch(it_u, it_l, mesh),
                     total=config.train.iterations, log_cfg=config.log, ckpt=ckpt, iterators=iterators,
-                    logger=logger, write_samples=write_samples, flags=lambda i: regularize_flags(i, hp))
+                    logger=logger, write_samples=write_samples, flags=lambda i: regularize_flags(i, hp),
+                    evaluate=evaluate, eval_every=config.get("eval", {}).get("every", 0))
+
+
+def fid_evaluator(config, models: GANModels, workdir, iterators: dict):
+    """evaluate(state, step) -> {'fid', 'is_mean', 'is_std'} of `eval.n_samples` G_ema samples
+    against the `eval.stats` file, as the reference's eval_every block; keeps the checkpoint with
+    the best FID in WORKDIR/best (its FID in WORKDIR/best/fid.json, so a resumed run remembers)."""
+    import json
+    from pathlib import Path
+
+    from semgan_jax.checkpoint import Checkpointer
+    from semgan_jax.metrics import InceptionMetrics, generator_sample_fn, load_stats
+
+    e = config.eval
+    reference = load_stats(e.stats)
+    inception = InceptionMetrics(e.inception or None, batch_size=e.batch_size)
+    best_dir = Path(workdir) / "best"
+    record = best_dir / "fid.json"
+
+    def evaluate(state, step):
+        sample_fn = generator_sample_fn(models.g, {"params": state.g_ema})
+        out = inception.fid_is(sample_fn, jax.random.PRNGKey(config.seed + 999), reference, e.n_samples,
+                               progress=False)
+        best = json.loads(record.read_text())["fid"] if record.is_file() else float("inf")
+        if out["fid"] < best:  # every process saves (orbax), process 0 writes the record
+            best_ckpt = Checkpointer(best_dir / "checkpoint", keep=1)
+            try:
+                best_ckpt.save(step, state, {name: it.get_state() for name, it in iterators.items()})
+            finally:
+                best_ckpt.close()
+            if jax.process_index() == 0:
+                record.write_text(json.dumps({"fid": out["fid"], "step": step}))
+        return {"fid": out["fid"], "is_mean": out["is_mean"], "is_std": out["is_std"]}
+
+    return evaluate

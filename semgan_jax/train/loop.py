@@ -42,11 +42,14 @@ def restore_latest(ckpt: Checkpointer, state, iterators: dict):
 
 def run(state, step_fn: Callable, next_batch: Callable[[], Any], *, total: int, log_cfg, ckpt: Checkpointer,
         iterators: dict, logger, write_samples: Callable[[Any, int], None],
-        flags: Callable[[int], tuple] = lambda i: ()):
+        flags: Callable[[int], tuple] = lambda i: (), evaluate: Callable[[Any, int], dict] | None = None,
+        eval_every: int = 0):
     """Iterations state.step .. total-1: `state, metrics = step_fn(state, next_batch(), *flags(i))`.
 
     log_cfg: log_every, viz_every, save_every, max_minutes (0 = no limit). A non-finite logged
-    metric raises FloatingPointError naming it and the last good checkpoint. Returns the state.
+    metric raises FloatingPointError naming it and the last good checkpoint. `evaluate(state,
+    step) -> metrics` runs every `eval_every` steps and at the end; its metrics are logged.
+    Returns the state.
     """
     def save(state):
         ckpt.save(int(state.step), state, {name: it.get_state() for name, it in iterators.items()})
@@ -66,6 +69,8 @@ def run(state, step_fn: Callable, next_batch: Callable[[], Any], *, total: int, 
                                              f"step {ckpt.latest_step()} in {ckpt.directory}")
             if done % log_cfg.viz_every == 0 or done == total:
                 write_samples(state, done)
+            if evaluate is not None and eval_every and (done % eval_every == 0 or done == total):
+                logger.log(done, evaluate(state, done))
             out_of_time = log_cfg.max_minutes and time.perf_counter() - t_start > 60 * log_cfg.max_minutes
             if done % log_cfg.save_every == 0 or done == total or stop.received or out_of_time:
                 save(state)
