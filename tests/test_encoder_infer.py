@@ -12,7 +12,6 @@ from conftest import tiny_gan_config
 from semgan_jax import cli, infer
 from semgan_jax.perceptual.lpips import LPIPS
 from semgan_jax.train import encoder as stage2
-from semgan_jax.train import gan
 
 
 def tiny_encoder_config(stage1_dir, **overrides):
@@ -29,11 +28,27 @@ def tiny_encoder_config(stage1_dir, **overrides):
     return c
 
 
+def write_stage1_run(workdir, config):
+    """A stage-1 run directory (config.json + a step-0 checkpoint of a fresh state), as train-gan
+    writes it, without training: the encoder tests need a generator, not a trained one."""
+    from semgan_jax.checkpoint import Checkpointer
+    from semgan_jax.train.gan import build_models, init_state, make_iterators
+
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    models = build_models(config.model, config.train.lr, config.train.d_reg_every, config.train.g_reg_every)
+    state = jax.jit(lambda k: init_state(models, k))(jax.random.PRNGKey(0))
+    it_u, it_l = make_iterators(config, config.train.batch_size)
+    ckpt = Checkpointer(workdir / "checkpoints")
+    ckpt.save(0, state, {"unlabeled": it_u.get_state(), "labeled": it_l.get_state()})
+    ckpt.close()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A 2-iteration stage-1 run and a 2-iteration stage-2 run on it."""
+    """A stage-1 run directory and a 2-iteration stage-2 run on it."""
     root = tmp_path_factory.mktemp("runs")
-    gan.train(tiny_gan_config(**{"train.iterations": 2, "log.viz_every": 1000}), root / "stage1")
+    write_stage1_run(root / "stage1", tiny_gan_config())
     stage2.train(tiny_encoder_config(root / "stage1"), root / "stage2")
     return root
 
@@ -174,3 +189,12 @@ def test_segment_and_evaluate_commands(runs, tmp_path):
     assert (tmp_path / "grid.png").is_file()
     assert cli.main(["evaluate", "--split", "test", "--limit", "4", "--out", str(result), *common]) == 0
     assert json.loads(result.read_text())["num_images"] == 4
+
+
+def test_segment_refuses_a_stage1_run_without_mean_init(runs, tmp_path, capsys):
+    from semgan_jax.segment import BatchedInverter
+
+    with pytest.raises(ValueError, match="stage-1 .* no encoder.*--mean-init"):
+        BatchedInverter(str(runs / "stage1"), infer.InvertConfig(step=1), use_lpips="off")
+    with pytest.raises(FileNotFoundError, match="must be a train-encoder"):
+        BatchedInverter(str(tmp_path), infer.InvertConfig(step=1), use_lpips="off")
