@@ -51,3 +51,18 @@ class Checkpointer:
 def abstract_like(tree):
     """ShapeDtypeStructs (with shardings) describing `tree`, for `Checkpointer.restore`."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def restore_latest(directory: str | Path, init_fn, sharding, what: str = "checkpoint"):
+    """(state, data_state) of the latest checkpoint in `directory`, restored in the shapes and
+    dtypes `init_fn()` would give (traced with `jax.eval_shape`, nothing is computed) and placed
+    with `sharding`. No checkpoint: FileNotFoundError "no {what} in DIR"."""
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                            jax.eval_shape(init_fn))
+    ckpt = Checkpointer(directory)
+    try:
+        if ckpt.latest_step() is None:
+            raise FileNotFoundError(f"no {what} in {ckpt.directory}")
+        return ckpt.restore(abstract)
+    finally:
+        ckpt.close()

@@ -138,7 +138,8 @@ def load_inverter(workdir, use_lpips: str = "auto"):
 
     import ml_collections
 
-    from semgan_jax.checkpoint import Checkpointer, abstract_like
+    from semgan_jax.checkpoint import restore_latest
+    from semgan_jax.parallel import make_mesh, replicated
     from semgan_jax.train import encoder as stage2
 
     workdir = Path(workdir)
@@ -149,16 +150,9 @@ def load_inverter(workdir, use_lpips: str = "auto"):
     if "stage1" in cfg:
         s1, g, g_ema, _ = stage2.load_generator(cfg.stage1)
         models = stage2.build_models(s1.model, cfg)
-        abstract = jax.eval_shape(lambda: stage2.init_state(models, jax.random.PRNGKey(0)))
-        ckpt = Checkpointer(workdir / "checkpoints")
-        try:
-            if ckpt.latest_step() is None:
-                raise FileNotFoundError(f"no stage-2 checkpoint in {ckpt.directory}")
-            state, _ = ckpt.restore(abstract_like(jax.tree.map(
-                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=_single_device()), abstract)))
-        finally:
-            ckpt.close()
-        e_vars = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        state, _ = restore_latest(workdir / "checkpoints", lambda: stage2.init_state(models, jax.random.PRNGKey(0)),
+                                  replicated(make_mesh(1)), "stage-2 checkpoint")
+        e_vars = stage2.encoder_variables(state.params, state.batch_stats)
         e, lpips_cfg = models.e, cfg.lpips
     else:
         s1, g, g_ema, _ = stage2.load_generator(workdir)
@@ -176,8 +170,3 @@ def load_inverter(workdir, use_lpips: str = "auto"):
             print("LPIPS weights not found: optimising without the perceptual term (see docs/metrics.md)")
     return Inverter(g=g, e=e, lpips=lpips_module), {"g": g_ema, "e": e_vars, "lpips": lpips_params}, s1
 
-
-def _single_device():
-    from semgan_jax.parallel import make_mesh, replicated
-
-    return replicated(make_mesh(1))

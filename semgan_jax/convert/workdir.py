@@ -213,19 +213,14 @@ def write_workdir(directory: str | os.PathLike, config: dict[str, Any], variable
     return directory
 
 
-def _restore(directory: Path, abstract):
-    from semgan_jax.checkpoint import Checkpointer
+def _restore(directory: Path, init_fn):
+    from semgan_jax.checkpoint import restore_latest
     from semgan_jax.parallel import make_mesh, replicated
 
-    sharding = replicated(make_mesh(1))
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
-    ckpt = Checkpointer(directory / "checkpoints")
     try:
-        if ckpt.latest_step() is None:
-            raise ConversionError(f"no checkpoint in {ckpt.directory}")
-        state, _ = ckpt.restore(abstract)
-    finally:
-        ckpt.close()
+        state, _ = restore_latest(directory / "checkpoints", init_fn, replicated(make_mesh(1)))
+    except FileNotFoundError as err:
+        raise ConversionError(str(err)) from None
     return jax.tree.map(np.asarray, state)
 
 
@@ -247,15 +242,15 @@ def read_workdir(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     if "stage1" in run:
         config, variables = read_workdir(run.stage1)
         models = stage2.build_models(ml_collections.ConfigDict(config["model"]), run)
-        state = _restore(directory, jax.eval_shape(lambda: stage2.init_state(models, jax.random.PRNGKey(0))))
-        e = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+        state = _restore(directory, lambda: stage2.init_state(models, jax.random.PRNGKey(0)))
+        e = stage2.encoder_variables(state.params, state.batch_stats)
         config.update(networks=["g_ema", "e"], encoder={k: run.encoder[k] for k in
                                                         ("backbone", "base_width", "feature_dim", "channel_max")})
         return config, {"g_ema": variables["g_ema"], "e": e}
     if "model" not in run or "d_reg_every" not in run.get("train", {}):
         raise ConversionError(f"{path} is neither a stage-1 nor a stage-2 run config")
     models = gan.build_models(run.model, run.train.lr, run.train.d_reg_every, run.train.g_reg_every)
-    state = _restore(directory, jax.eval_shape(lambda: gan.init_state(models, jax.random.PRNGKey(0))))
+    state = _restore(directory, lambda: gan.init_state(models, jax.random.PRNGKey(0)))
     config = {"model": run.model.to_dict(), "train": run.train.to_dict(), "log": run.log.to_dict(),
               "networks": ["g", "g_ema", "d_img", "d_seg"]}
     variables = {"g": {"params": state.g, "noises": state.g_noises},

@@ -143,9 +143,14 @@ def init_state(models: EncoderModels, key) -> EncoderState:
                         opt_label=models.tx_label.init(_opt_params(models, params, s_l)))
 
 
+def encoder_variables(params, batch_stats) -> dict:
+    """E's Flax variables: params, plus batch_stats for the FPN encoder ({} for the Res one)."""
+    return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+
+
 def encode(models: EncoderModels, params, batch_stats, x, train: bool):
     """E(x): (w+ (N, n_latent, style_dim), updated batch_stats). train=True uses batch statistics."""
-    variables = {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
+    variables = encoder_variables(params, batch_stats)
     if train and batch_stats:
         w, new = models.e.apply(variables, x, train=True, mutable=["batch_stats"])
         return w, new["batch_stats"]
@@ -256,22 +261,14 @@ def load_stage1_config(stage1_dir: str | Path):
 def load_generator(stage1_dir: str | Path, mesh=None):
     """(stage-1 config, G module, G_ema params, fixed noises) from the latest stage-1 checkpoint."""
     from semgan_jax import parallel
-    from semgan_jax.checkpoint import Checkpointer, abstract_like
+    from semgan_jax.checkpoint import restore_latest
     from semgan_jax.train import gan
 
     cfg = load_stage1_config(stage1_dir)
     gm = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
     mesh = mesh or parallel.make_mesh(1)
-    abstract = jax.eval_shape(lambda: gan.init_state(gm, jax.random.PRNGKey(0)))
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)),
-                            abstract)
-    ckpt = Checkpointer(Path(stage1_dir) / "checkpoints")
-    try:
-        if ckpt.latest_step() is None:
-            raise FileNotFoundError(f"no stage-1 checkpoint in {ckpt.directory}")
-        state, _ = ckpt.restore(abstract_like(abstract))
-    finally:
-        ckpt.close()
+    state, _ = restore_latest(Path(stage1_dir) / "checkpoints", lambda: gan.init_state(gm, jax.random.PRNGKey(0)),
+                              parallel.replicated(mesh), "stage-1 checkpoint")
     return cfg, gm.g, state.g_ema, state.g_noises
 
 
