@@ -86,10 +86,11 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
         noise = p["noises"] if cfg.optimize_noise else inv.g.make_noise(key, 1)
         return inv.g.apply({"params": variables["g"]}, p["w"], input_is_latent=True, noise=noise)
 
+    ref = _downsample_to_256(x)  # the target at the compared size, once, not every step
+
     def loss_fn(p, key):
         img, _ = generate(p, key)
         img = _downsample_to_256(img)
-        ref = _downsample_to_256(x)
         p_loss = (jnp.mean(inv.lpips.apply({"params": variables["lpips"]}, img, ref)) if inv.lpips is not None
                   else jnp.zeros((), jnp.float32))
         loss = (p_loss + cfg.lambda_mse * _mse(img, ref)
