@@ -19,11 +19,17 @@ DATA_AXIS = "data"
 
 def maybe_initialize_distributed() -> None:
     """`jax.distributed.initialize()` when launched as one of several processes, before any
-    other JAX call: detected from JAX_COORDINATOR_ADDRESS, a multi-task SLURM job or a multi-host
-    TPU slice (whose coordinates `initialize` then reads itself). One process does nothing."""
+    other JAX call. Explicit: JAX_COORDINATOR_ADDRESS (host:port of process 0) with
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID; otherwise JAX's own detection of a multi-task SLURM job
+    or a multi-host TPU slice. One process does nothing."""
     env = os.environ
-    if (env.get("JAX_COORDINATOR_ADDRESS") or int(env.get("SLURM_NTASKS", "1")) > 1
-            or "," in env.get("TPU_WORKER_HOSTNAMES", "")):
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(v)]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not")
+        jax.distributed.initialize(env["JAX_COORDINATOR_ADDRESS"], int(env["JAX_NUM_PROCESSES"]),
+                                   int(env["JAX_PROCESS_ID"]))
+    elif int(env.get("SLURM_NTASKS", "1")) > 1 or "," in env.get("TPU_WORKER_HOSTNAMES", ""):
         jax.distributed.initialize()
 
 
@@ -57,4 +63,32 @@ def global_batch(local: dict, mesh: Mesh) -> dict:
     """Per-process numpy batch (leading axis = this process's share) -> global sharded arrays."""
     sharding = batch_sharding(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def barrier(name: str, timeout_s: int = 3600) -> None:
+    """Wait until every process reaches `name` (unique per call) on the coordination service's
+    key-value store, not a device collective: no XLA program runs. One process: no-op."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed  # the client jax.distributed.initialize() created
+
+    distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+
+
+class StepCompiler:
+    """`jitted(*args, *static)` compiled ahead of time once per static variant, then called.
+
+    With several processes every process waits at a `barrier` after compiling a variant, before
+    running it: processes compile at different speeds (process 0 alone reads the persistent
+    compilation cache) and XLA:CPU's gloo collectives give up when a peer arrives more than 30 s
+    later. Compiling is what jit would do at the first call anyway."""
+
+    def __init__(self, jitted, name: str):
+        self.jitted, self.name, self.compiled = jitted, name, {}
+
+    def __call__(self, *args, static: tuple = ()):
+        if static not in self.compiled:
+            self.compiled[static] = self.jitted.lower(*args, *static).compile()
+            barrier(f"{self.name} {static} compiled")
+        return self.compiled[static](*args)
 

@@ -4,6 +4,7 @@ dataset split), both by generator inversion (`semgan_jax.infer`)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -12,25 +13,22 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+NAME_MAX = 255  # bytes in a file name (ext4, xfs, btrfs, APFS)
 
 
 def read_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """An image file -> float32 (size, size, channels) in [-1, 1]. Grey, RGBA and palette images
-    are converted to the model's channels; other sizes are resized (LANCZOS, as the reference)
-    with a warning. Unreadable files raise ValueError naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    """An image file -> float32 (size, size, channels) in [-1, 1], decoded as `semgan prepare`
+    stores images (grey, RGBA and palette images converted to the model's channels, 16-bit grey
+    scaled by its bit depth); other sizes are resized (LANCZOS, as the reference) with a warning.
+    Unreadable files raise ValueError (BadExampleError) naming the file."""
+    from semgan_jax.data import common
 
-    try:
-        with Image.open(path) as img:
-            img.load()
-            img = img.convert("RGB" if channels == 3 else "L")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: cannot read image ({err})") from None
-    if img.size != (size, size):
-        warnings.warn(f"{path}: {img.size[0]}x{img.size[1]} resized to the model's {size}x{size}", stacklevel=2)
-        img = img.resize((size, size), Image.LANCZOS)
-    x = np.asarray(img, np.float32).reshape(size, size, channels)
-    return x / 127.5 - 1.0
+    x = common.read_rgb(path) if channels == 3 else common.read_grey(path)
+    if x.shape[:2] != (size, size):
+        warnings.warn(common.printable(f"{path}: {x.shape[1]}x{x.shape[0]} resized to the model's {size}x{size}"),
+                      stacklevel=2)
+        x = common.resize_image(x, size)
+    return x.reshape(size, size, channels).astype(np.float32) / 127.5 - 1.0
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:
@@ -129,22 +127,33 @@ def run_segment(args) -> int:
     from PIL import Image
 
     from semgan_jax import viz
+    from semgan_jax.data.common import printable
     from semgan_jax.data.datasets import get_dataset_info
 
+    files, failed, done = expand_inputs(args.images), [], 0
+    by_stem = {}
+    for f in files:  # outputs are named by the input's stem
+        if f.stem in by_stem:
+            print(printable(f"error: {by_stem[f.stem]} and {f} would both write {f.stem}.png; segment them "
+                            "in separate runs (--out)"), file=sys.stderr)
+            return 2
+        by_stem[f.stem] = f
     inverter = BatchedInverter(args.checkpoint, _invert_config(args), args.lpips, args.batch, args.seed)
     palette = get_dataset_info(inverter.stage1.data.name).palette
     out = Path(args.out)
     for sub in ("mask", "mask_rgb", "recon", "overlay") + (("latent",) if args.save_latent else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
-    files, failed, done = expand_inputs(args.images), [], 0
     t0 = time.perf_counter()
     for start in range(0, len(files), args.batch):
         names, images = [], []
         for f in files[start:start + args.batch]:
             try:
+                if len(os.fsencode(f.stem + ".png.tmp")) > NAME_MAX:  # viz.save_png writes NAME.tmp first
+                    raise ValueError(printable(f"{f}: name too long for its output files (stem over "
+                                                 f"{NAME_MAX - 8} bytes)"))
                 images.append(read_image(f, inverter.size, inverter.channels))
                 names.append(f)
-            except (ValueError, FileNotFoundError) as err:
+            except ValueError as err:
                 print(f"skipped: {err}", file=sys.stderr)
                 failed.append(str(f))
         if not images:
@@ -153,7 +162,7 @@ def run_segment(args) -> int:
         labels = viz.seg_to_labels(res["seg"])
         for i, f in enumerate(names):
             stem = f.stem
-            Image.fromarray(labels[i].astype(np.uint8)).save(out / "mask" / f"{stem}.png")
+            Image.fromarray(labels[i].astype(np.uint8)).save(out / "mask" / f"{stem}.png", format="PNG")
             rgb = viz.colorize(labels[i], palette)
             viz.save_png(out / "mask_rgb" / f"{stem}.png", rgb)
             viz.save_png(out / "recon" / f"{stem}.png", viz.to_uint8(res["image"][i:i + 1])[0])
@@ -164,8 +173,8 @@ def run_segment(args) -> int:
                 np.save(out / "latent" / f"{stem}.npy", res["w_plus"][i])
         done += len(names)
     dt = time.perf_counter() - t0
-    print(f"segmented {done} images in {dt:.1f} s ({done / max(dt, 1e-9):.2f} images/s) -> {out}"
-          + (f"; {len(failed)} unreadable: {', '.join(failed)}" if failed else ""))
+    print(printable(f"segmented {done} images in {dt:.1f} s ({done / max(dt, 1e-9):.2f} images/s) -> {out}"
+                    + (f"; {len(failed)} skipped: {', '.join(failed)}" if failed else "")))
     return 0 if done else 1
 
 

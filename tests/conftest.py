@@ -18,16 +18,22 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 REPO = Path(__file__).resolve().parents[1]
 
 
+TINY = {"data.resolution": 16, "model.size": 16, "model.style_dim": 32, "model.n_mlp": 2,
+        "model.channel_max": 16, "model.dm_ndf": 8, "model.dm_max_channels": 16, "train.batch_size": 8,
+        "data.num_labeled": 16, "log.n_sample": 4, "log.log_every": 1}
+
+
+def tiny_overrides(**overrides) -> list[str]:
+    """`--config.FIELD=VALUE` arguments turning experiments/synthetic_32.py into the tiny config."""
+    return [f"--config.{k}={v}" for k, v in {**TINY, **overrides}.items()]
+
+
 def tiny_gan_config(**overrides):
     """experiments/synthetic_32.py shrunk to 16 px, <= 16 channels, batch 8: seconds per step."""
     from semgan_jax.config import apply_overrides, load_config_file
 
     c = load_config_file(REPO / "experiments" / "synthetic_32.py")
-    base = {"data.resolution": 16, "model.size": 16, "model.style_dim": 32, "model.n_mlp": 2,
-            "model.channel_max": 16, "model.dm_ndf": 8, "model.dm_max_channels": 16, "train.batch_size": 8,
-            "data.num_labeled": 16, "log.n_sample": 4, "log.log_every": 1}
-    base.update(overrides)
-    return apply_overrides(c, [f"config.{k}={v}" for k, v in base.items()])
+    return apply_overrides(c, [a[2:] for a in tiny_overrides(**overrides)])
 
 
 @pytest.fixture

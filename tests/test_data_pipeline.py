@@ -77,18 +77,22 @@ def test_epochs_are_permutations_reshuffled_from_seed():
 
 
 @pytest.mark.parametrize("count", [2, 3])
-def test_shards_disjoint_and_cover(count):
-    n = 10
-    seen = []
-    for index in range(count):
-        it = pipeline.make_labeled_iterator(IndexSource(n), batch_size=1, seed=0, num_classes=K,
-                                            shard_index=index, shard_count=count)
-        size = len(range(index, n, count))
-        first_epoch = [_indices(b)[0] for b in _take(it, size)]
-        assert sorted(first_epoch) == list(range(index, n, count))
-        seen.append(set(first_epoch))
-    assert set().union(*seen) == set(range(n))
-    assert sum(len(s) for s in seen) == n
+def test_process_slices_assemble_the_single_process_batches(count):
+    """N processes each read their part of every global batch: disjoint reads, and together the
+    same global batches (examples and flips) as one process reading the whole batch."""
+    n, b = 10, 2
+    single = pipeline.make_labeled_iterator(IndexSource(n), batch_size=b * count, seed=0, num_classes=K)
+    parts = [pipeline.make_labeled_iterator(IndexSource(n), batch_size=b, seed=0, num_classes=K,
+                                            shard_index=index, shard_count=count) for index in range(count)]
+    first_epoch = []
+    for step in range(7):  # crosses epoch boundaries
+        whole = next(single)
+        pieces = [next(it) for it in parts]
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([p[key] for p in pieces]), whole[key])
+        if step < n // (b * count):
+            first_epoch += [i for p in pieces for i in _indices(p)]
+    assert len(first_epoch) == len(set(first_epoch)) == n // (b * count) * b * count
     with pytest.raises(ValueError, match="shard_index"):
         pipeline.make_unlabeled_iterator(IndexSource(n), 1, 0, shard_index=count, shard_count=count)
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CACHE_DIR, REPO, tiny_gan_config
+from conftest import CACHE_DIR, REPO, tiny_gan_config, tiny_overrides
 from semgan_jax.parallel import check_batch_size, make_mesh
 from semgan_jax.train import gan
 
@@ -102,10 +102,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     `--resume` (no --config) continues it from its saved config."""
     workdir = tmp_path / "run"
     args = [sys.executable, "-m", "semgan_jax.cli", "train-gan", "--workdir", str(workdir)]
-    over = [f"--config.{k}={v}" for k, v in {
-        "data.resolution": 16, "model.size": 16, "model.style_dim": 32, "model.n_mlp": 2, "model.channel_max": 16,
-        "model.dm_ndf": 8, "model.dm_max_channels": 16, "train.batch_size": 8, "data.num_labeled": 16,
-        "log.n_sample": 4, "log.log_every": 1, "train.iterations": 100000, "log.viz_every": 100000}.items()]
+    over = tiny_overrides(**{"train.iterations": 100000, "log.viz_every": 100000})
     env = {**os.environ, "SEMGAN_JAX_CACHE": CACHE_DIR, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen(args + over, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     metrics = workdir / "metrics.jsonl"

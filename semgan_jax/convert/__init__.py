@@ -33,14 +33,20 @@ def convert_file(path: str | os.PathLike, *, seg_dim: int | None = None,
                  seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
     """Read an official .pt checkpoint safely and convert it: (config, {network: variables}).
 
-    config['iteration'] is the file name's number when it has one (as train_seg_gan.py --ckpt).
+    config['iteration'] is the file name's number when it has one (as train_seg_gan.py --ckpt)
+    that fits a step counter (int32). ConversionError messages name the file.
     """
+    from semgan_jax.convert.errors import ConversionError
     from semgan_jax.convert.formats import convert_checkpoint
     from semgan_jax.convert.torch_io import load_torch_checkpoint
 
     stem = Path(path).stem
-    return convert_checkpoint(load_torch_checkpoint(path), seg_dim=seg_dim, seed=seed,
-                              iteration=int(stem) if stem.isdigit() else None)
+    iteration = int(stem) if stem.isdecimal() and int(stem) < 2**31 else None
+    ckpt = load_torch_checkpoint(path)
+    try:
+        return convert_checkpoint(ckpt, seg_dim=seg_dim, seed=seed, iteration=iteration)
+    except ConversionError as err:
+        raise ConversionError(f"{path}: {err}") from None
 
 
 def export_file(config: dict[str, Any], variables: dict[str, Any], path: str | os.PathLike) -> None:

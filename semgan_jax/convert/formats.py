@@ -13,6 +13,8 @@ shapes; every tensor is then checked against the Flax network built from that co
 from __future__ import annotations
 
 import argparse
+import math
+import re
 from typing import Any, Mapping
 
 import jax
@@ -23,6 +25,7 @@ from semgan_jax.convert import networks
 from semgan_jax.convert.errors import ConversionError
 from semgan_jax.convert.mapping import assemble, export_state_dict, import_state_dict
 from semgan_jax.convert.tables import generator_table
+from semgan_jax.models.widths import log2_size
 
 FORMAT_VERSION = 1
 STAGE1, STAGE2, STYLEGAN2 = "semanticgan-stage1", "semanticgan-stage2", "stylegan2"
@@ -57,10 +60,40 @@ def detect_source(ckpt: Mapping[str, Any]) -> str:
     return source
 
 
-def _shape(sd: Mapping[str, np.ndarray], key: str) -> tuple[int, ...]:
+def _check_state_dict(sd: Mapping[str, Any], network: str) -> None:
+    """ConversionError unless `sd` maps string keys to tensors (arrays), as a torch state dict."""
+    for key, value in sd.items():
+        if not isinstance(key, str):
+            raise ConversionError(f"{network}: state dict key {key!r} is not a string")
+        if not hasattr(value, "shape"):
+            raise ConversionError(f"{network}: torch key '{key}' holds a {type(value).__name__}, not a tensor")
+
+
+def _shape(sd: Mapping[str, np.ndarray], key: str, ndim: int) -> tuple[int, ...]:
     if key not in sd:
         raise ConversionError(f"g_ema: not a StyleGAN2 generator state dict (no '{key}')")
-    return tuple(np.shape(sd[key]))
+    shape = tuple(np.shape(sd[key]))
+    if len(shape) != ndim:
+        raise ConversionError(f"g_ema: torch key '{key}' has shape {shape}, expected {ndim} dimensions")
+    return shape
+
+
+# model field -> the train_seg_gan.py argument setting it
+_MODEL_ARGS = {"size": "size", "style_dim": "latent", "n_mlp": "n_mlp", "seg_dim": "seg_dim",
+               "image_channels": "image_mode", "channel_multiplier": "channel_multiplier"}
+
+
+def _model_arg(args: Mapping[str, Any], field: str) -> int | None:
+    """Model field `field` as the reference args set it (None where they do not)."""
+    value = args.get(_MODEL_ARGS[field])
+    if field == "image_channels":
+        return {"RGB": 3, "L": 1}.get(value) if isinstance(value, str) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not float(value).is_integer():
+        raise ConversionError(f"args.{_MODEL_ARGS[field]} is {value!r}, expected an integer")
+    return int(value)
 
 
 def model_config(g_sd: Mapping[str, np.ndarray], args: Mapping[str, Any] | None,
@@ -69,24 +102,31 @@ def model_config(g_sd: Mapping[str, np.ndarray], args: Mapping[str, Any] | None,
     else from the tensor shapes (widths at <= 32 px do not depend on channel_multiplier; it is
     read from the 64-px conv when there is one, else from args, default 2)."""
     args = args or {}
-    n_noise = sum(k.startswith("noises.noise_") for k in g_sd)
-    if n_noise == 0:
+    noises = [int(k.rsplit("_", 1)[1]) for k in g_sd if re.fullmatch(r"noises\.noise_\d+", k)]
+    if not noises:
         raise ConversionError("g_ema: not a StyleGAN2 generator state dict (no 'noises.noise_*' buffers)")
-    size = _shape(g_sd, f"noises.noise_{n_noise - 1}")[-1]
-    cm = _shape(g_sd, "convs.6.conv.weight")[1] // 256 if size >= 64 else 2
+    size = _shape(g_sd, f"noises.noise_{max(noises)}", 4)[-1]  # the last noise map has the image size
+    cm = _shape(g_sd, "convs.6.conv.weight", 5)[1] // 256 if size >= 64 else 2
     shaped = {
         "size": size,
-        "style_dim": _shape(g_sd, "style.1.weight")[0],
+        "style_dim": _shape(g_sd, "style.1.weight", 2)[0],
         "n_mlp": sum(k.startswith("style.") and k.endswith(".weight") for k in g_sd),
-        "seg_dim": _shape(g_sd, "to_seg1.bias")[1] if seg_dim is None else seg_dim,
-        "image_channels": _shape(g_sd, "to_rgb1.bias")[1],
+        "seg_dim": _shape(g_sd, "to_seg1.bias", 4)[1] if seg_dim is None else seg_dim,
+        "image_channels": _shape(g_sd, "to_rgb1.bias", 4)[1],
         "channel_multiplier": cm,
     }
-    from_args = {"size": args.get("size"), "style_dim": args.get("latent"), "n_mlp": args.get("n_mlp"),
-                 "seg_dim": args.get("seg_dim") if seg_dim is None else None,
-                 "image_channels": {"RGB": 3, "L": 1}.get(args.get("image_mode")),
-                 "channel_multiplier": args.get("channel_multiplier")}
-    m = {k: int(from_args[k]) if from_args[k] is not None else v for k, v in shaped.items()}
+    m = {}
+    for field, value in shaped.items():
+        given = None if field == "seg_dim" and seg_dim is not None else _model_arg(args, field)
+        m[field] = value if given is None else given
+        where = f"args.{_MODEL_ARGS[field]}" if given is not None else "the g_ema tensor shapes"
+        if m[field] < 1:
+            raise ConversionError(f"model {field} {m[field]} (from {where}) is not positive")
+        if field == "size":
+            try:
+                log2_size(m[field])
+            except ValueError as err:
+                raise ConversionError(f"{err} (from {where})") from None
     # the reference's fixed parts: channel table (channel_base 0), mapping lr, Dm (pix2pixHD defaults)
     m.update(channel_base=0, channel_max=512, lr_mlp=0.01, modconv_impl="input_scaling",
              dm_ndf=64, dm_n_layers=3, dm_num_d=3, dm_max_channels=512, dtype="float32")
@@ -104,9 +144,15 @@ _LOG_ARGS = {"n_sample": "n_sample", "viz_every": "viz_every", "save_every": "sa
 def _sections(args: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """The stage-1 `train` and `log` fields that the reference args set (numbers only)."""
     args = args or {}
-    pick = lambda table: {ours: args[theirs] for theirs, ours in table.items()  # noqa: E731
-                          if isinstance(args.get(theirs), (int, float)) and not isinstance(args.get(theirs), bool)}
-    return {"train": pick(_TRAIN_ARGS), "log": pick(_LOG_ARGS)}
+    out = {"train": {}, "log": {}}
+    for section, table in (("train", _TRAIN_ARGS), ("log", _LOG_ARGS)):
+        for theirs, ours in table.items():
+            value = args.get(theirs)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise ConversionError(f"args.{theirs} is {value}, expected a finite number")
+                out[section][ours] = value
+    return out
 
 
 def _json_args(args: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -126,9 +172,15 @@ def convert_checkpoint(ckpt: Mapping[str, Any], *, seg_dim: int | None = None, s
     source = detect_source(ckpt)
     if seg_dim is not None and source != STYLEGAN2:
         raise ConversionError(f"seg_dim applies to StyleGAN2 checkpoints only; this is a {source} checkpoint")
+    if seg_dim is not None and seg_dim < 1:
+        raise ConversionError(f"seg_dim must be positive, got {seg_dim}")
     args = ckpt.get("args")
     args = vars(args) if isinstance(args, argparse.Namespace) else args if isinstance(args, Mapping) else None
     fresh_seg = source == STYLEGAN2
+    sources = {"d_img": "d"} if fresh_seg else {}
+    names = [n for n in networks.NETWORKS if isinstance(ckpt.get(sources.get(n, n)), Mapping)]
+    for name in names:
+        _check_state_dict(ckpt[sources.get(name, name)], name)
     config = {"format": FORMAT_VERSION, "source": source, "iteration": iteration,
               "model": model_config(ckpt["g_ema"], args, (seg_dim or 8) if fresh_seg else None),
               **(_sections(args) if source == STAGE1 else {}), "reference_args": _json_args(args)}
@@ -140,8 +192,6 @@ def convert_checkpoint(ckpt: Mapping[str, Any], *, seg_dim: int | None = None, s
                                   "(no 'final_linear.weight') state dict")
         # the stage-2 config's `encoder` section; widths are the reference's (FPN 64 / 512)
         config["encoder"] = {"backbone": backbone, "base_width": 64, "feature_dim": 512, "channel_max": 512}
-    sources = {"d_img": "d"} if fresh_seg else {}
-    names = [n for n in networks.NETWORKS if sources.get(n, n) in ckpt and isinstance(ckpt[sources.get(n, n)], Mapping)]
     config["networks"] = names
     fresh = {}
     if fresh_seg:

@@ -110,7 +110,7 @@ def _check_shapes(tree, abstract, what: str) -> None:
 def gan_state(config: dict[str, Any], variables: dict[str, Any], run, seed: int = 0, step: int = 0):
     """A stage-1 `GANState` holding the converted networks (see the module docstring for the
     parts that are fresh)."""
-    from semgan_jax.train import gan
+    from semgan_jax.train import gan, guard
 
     models = gan.build_models(run.model, run.train.lr, run.train.d_reg_every, run.train.g_reg_every)
     abstract = jax.eval_shape(lambda: gan.init_state(models, jax.random.PRNGKey(0)))
@@ -130,7 +130,8 @@ def gan_state(config: dict[str, Any], variables: dict[str, Any], run, seed: int 
         g_noises=as_jax(g_ema["noises"]), d_seg_spectral=as_jax(d_seg["spectral"]),
         g_opt=models.g_tx.init(params["g"]), d_img_opt=models.d_img_tx.init(params["d_img"]),
         d_seg_opt=models.d_seg_tx.init(params["d_seg"]),
-        mean_path_length=zeros(abstract.mean_path_length), last_reg=zeros(abstract.last_reg))
+        mean_path_length=zeros(abstract.mean_path_length), last_reg=zeros(abstract.last_reg),
+        health=guard.init_health())
     _check_shapes(state, abstract, "stage-1 state")
     _check_complete(state, "GANState")
     return state
@@ -141,6 +142,7 @@ def encoder_state(s1_run, variables: dict[str, Any], run, seed: int = 0, step: i
     import optax
 
     from semgan_jax.train import encoder as stage2
+    from semgan_jax.train import guard
 
     models = stage2.build_models(s1_run.model, run)
     abstract = jax.eval_shape(lambda: stage2.init_state(models, jax.random.PRNGKey(0)))
@@ -154,7 +156,7 @@ def encoder_state(s1_run, variables: dict[str, Any], run, seed: int = 0, step: i
     state = abstract.replace(step=jnp.asarray(step, abstract.step.dtype), key=jax.random.PRNGKey(seed),
                              params=params, batch_stats=stats, slow_unlabel=s_u, slow_label=s_l,
                              opt_unlabel=models.tx_unlabel.init(opt_params(s_u)),
-                             opt_label=models.tx_label.init(opt_params(s_l)))
+                             opt_label=models.tx_label.init(opt_params(s_l)), health=guard.init_health())
     _check_shapes(state, abstract, "stage-2 state")
     _check_complete(state, "EncoderState")
     return state

@@ -83,7 +83,7 @@ def read_list(path: Path) -> list[str]:
     """Whitespace-separated file names of a SemanticGAN list file."""
     if not path.is_file():
         raise common.BadExampleError(path, "missing list file")
-    return path.read_text().split()
+    return common.read_text(path).split()
 
 
 def _raw_root(manual_dir: Path) -> Path | None:
@@ -122,7 +122,7 @@ def _load_raw(image_path: Path, parts: dict[str, Path], resolution: int):
     for part, path in parts.items():
         if part not in MERGE:
             raise common.BadExampleError(path, f"part '{part}' outside the CelebAMask-HQ part set")
-        masks[part] = np.asarray(common.open_image(path).convert("L"))
+        masks[part] = np.asarray(common.open_image(path, "L"))
         common.check_mask_size(image.shape, masks[part].shape, path, MASK_SCALES)
     shapes = {m.shape for m in masks.values()}
     if len(shapes) > 1:
@@ -134,7 +134,7 @@ def _load_raw(image_path: Path, parts: dict[str, Path], resolution: int):
 def raw_splits(manual_dir: Path, root: Path) -> dict[str, list[common.Pair]]:
     """Splits of the raw CelebAMask-HQ download (layout in the module docstring)."""
     partition = {}
-    for line in _partition_file(manual_dir, root).read_text().splitlines():
+    for line in common.read_text(_partition_file(manual_dir, root)).splitlines():
         fields = line.split()
         if len(fields) == 2:
             partition[fields[0]] = PARTITION_SPLITS.get(fields[1])
@@ -146,10 +146,12 @@ def raw_splits(manual_dir: Path, root: Path) -> dict[str, list[common.Pair]]:
         raise common.BadExampleError(anno_dir, "missing directory")
     annotations = _index_annotations(anno_dir)
     splits: dict[str, list[common.Pair]] = {name: [] for name in PARTITION_SPLITS.values()}
-    for line in mapping.read_text().splitlines()[1:]:
+    for n, line in enumerate(common.read_text(mapping).splitlines()[1:], start=2):
         fields = line.split()
         if len(fields) != 3:
             continue
+        if not fields[0].isdecimal():
+            raise common.BadExampleError(mapping, f"line {n}: image index {fields[0]!r} is not a number")
         idx, orig_file = int(fields[0]), fields[2]
         split = partition.get(orig_file)
         if split is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -32,6 +33,14 @@ from etils import epath
 from PIL import Image, UnidentifiedImageError
 
 BINARY_VALUES = (0, 1, 255)
+# decoders offered to input files: the formats of the downloads (and of `semgan segment` inputs);
+# Pillow's rarer plugins fail on malformed files with arbitrary exception types
+IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP")
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes of non-UTF-8 file names (surrogate escapes) become \\xNN."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 class BadExampleError(ValueError):
@@ -40,39 +49,62 @@ class BadExampleError(ValueError):
     def __init__(self, path: os.PathLike | str, problem: str):
         self.path = str(path)
         self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(printable(f"{self.path}: {problem}"))
 
 
-def open_image(path: os.PathLike | str) -> Image.Image:
-    """Opens and fully decodes an image file; missing, corrupt or truncated files raise."""
+def open_image(path: os.PathLike | str, mode: str | None = None) -> Image.Image:
+    """Opens and fully decodes an image file, converted to `mode` if given; missing, corrupt,
+    truncated or oversized files raise BadExampleError."""
     path = Path(path)
     if not path.is_file():
-        raise BadExampleError(path, "missing file")
+        raise BadExampleError(path, "not a file" if path.exists() else "missing file")
     try:
-        img = Image.open(path)
-        img.load()
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
+            img.load()
+    except Image.DecompressionBombError as err:
+        raise BadExampleError(path, f"image too large ({err})") from err
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
         raise BadExampleError(path, f"corrupt or truncated image ({err})") from err
-    return img
+    return img if mode is None else convert(img, mode, path)
 
 
-def to_grey_uint8(img: Image.Image) -> np.ndarray:
+def convert(img: Image.Image, mode: str, path: os.PathLike | str) -> Image.Image:
+    """`img` in `mode`; BadExampleError naming `path` for modes Pillow cannot convert (e.g. LAB to L)."""
+    if img.mode == mode:
+        return img
+    try:
+        return img.convert(mode)
+    except ValueError as err:
+        raise BadExampleError(path, f"cannot convert image mode {img.mode} to {mode} ({err})") from err
+
+
+def read_text(path: os.PathLike | str) -> str:
+    """The text of an index file (split lists, mappings), which must be UTF-8."""
+    if not Path(path).is_file():
+        raise BadExampleError(path, "missing file")
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BadExampleError(path, f"not a UTF-8 text file ({err})") from err
+
+
+def to_grey_uint8(img: Image.Image, path: os.PathLike | str) -> np.ndarray:
     """(H, W) uint8 grey levels; 16-/32-bit integer images are scaled by their bit depth (from the max)."""
     if img.mode in ("I", "I;16", "I;16B", "I;16L"):
         arr = np.asarray(img, dtype=np.float64)
         depth = max(8, int(np.ceil(np.log2(max(arr.max(), 1.0) + 1.0))))
         return np.clip(np.round(arr * (255.0 / (2**depth - 1))), 0, 255).astype(np.uint8)
-    return np.asarray(img.convert("L"))
+    return np.asarray(convert(img, "L", path))
 
 
 def read_rgb(path: os.PathLike | str) -> np.ndarray:
     """(H, W, 3) uint8."""
-    return np.asarray(open_image(path).convert("RGB"))
+    return np.asarray(open_image(path, "RGB"))
 
 
 def read_grey(path: os.PathLike | str) -> np.ndarray:
     """(H, W) uint8."""
-    return to_grey_uint8(open_image(path))
+    return to_grey_uint8(open_image(path), path)
 
 
 def read_label_map(path: os.PathLike | str, num_classes: int) -> np.ndarray:
@@ -87,8 +119,7 @@ def read_label_map(path: os.PathLike | str, num_classes: int) -> np.ndarray:
 
 def read_binary_mask(path: os.PathLike | str) -> np.ndarray:
     """(H, W) uint8 in {0, 1} from a mask stored as {0, 255} or {0, 1} (any channel count)."""
-    mask = np.asarray(open_image(path).convert("L"))
-    return binarize(mask, path)
+    return binarize(np.asarray(open_image(path, "L")), path)
 
 
 def binarize(mask: np.ndarray, path: os.PathLike | str) -> np.ndarray:
@@ -251,23 +282,26 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
 
     def _generate_examples(self, split: str, pairs: list[Pair]):
         res = self.resolution
-        loaded = ordered_map(lambda p: _load_or_error(p, res), pairs, self.num_threads)
-        for pair, result in zip(pairs, loaded):
-            if isinstance(result, BadExampleError):
-                if not self.skip_bad:
-                    raise result
-                self.skipped[split].append(result)
-                if len(self.skipped[split]) == len(pairs):
-                    raise BadExampleError(result.path, f"every example of split '{split}' is bad "
-                                                       f"({len(pairs)}), this one: {result.problem}")
-                continue
-            image, mask = result
-            yield pair.key, {
-                "image": image,
-                "mask": np.zeros((res, res), np.uint8) if mask is None else mask,
-                "labeled": mask is not None,
-                "name": pair.key,
-            }
+        # closed here when a bad example stops the build, not later by the garbage collector
+        # (which may run in one of the pool's own threads, which cannot join themselves)
+        with contextlib.closing(ordered_map(lambda p: _load_or_error(p, res), pairs, self.num_threads)) as loaded:
+            for pair, result in zip(pairs, loaded):
+                if isinstance(result, BadExampleError):
+                    if not self.skip_bad:
+                        raise result
+                    self.skipped[split].append(result)
+                    if len(self.skipped[split]) == len(pairs):
+                        raise BadExampleError(result.path, f"every example of split '{split}' is bad "
+                                                           f"({len(pairs)}), this one: {result.problem}")
+                    continue
+                image, mask = result
+                key = printable(pair.key)  # TFDS keys and text features must be valid UTF-8
+                yield key, {
+                    "image": image,
+                    "mask": np.zeros((res, res), np.uint8) if mask is None else mask,
+                    "labeled": mask is not None,
+                    "name": key,
+                }
 
 
 def load_rgb_pair(image_path: Path, mask_path: Path | None, resolution: int, *,

@@ -19,11 +19,15 @@ API
            ('mask'/'mask_onehot' only when num_classes is given) plus 'name' (list of str).
     image_to_float(image) / mask_to_onehot(mask, num_classes): the conversions (any leading dims).
 
-Order and determinism: a process reads the shard `source[shard_index::shard_count]` (pass
-`jax.process_index()`, `jax.process_count()`), so shards are disjoint and together cover the
-source. Epoch e of a shard is a permutation drawn from (seed, e); each example is flipped
-horizontally (image and mask together) with probability 1/2 from (seed, stream position). Batches
-are whole (drop remainder) and the stream never ends. The iterators are grain `DatasetIterator`s:
+Order and determinism: the training iterators define one *global* stream — epoch e is a
+permutation of the whole source drawn from (seed, e), each example flipped horizontally (image
+and mask together) with probability 1/2 from (seed, global stream position) — cut into global
+batches of `batch_size * shard_count`. Process `shard_index` (pass `jax.process_index()`,
+`jax.process_count()`) reads only its slice `[shard_index * batch_size, (shard_index + 1) *
+batch_size)` of each global batch, so the processes' reads are disjoint and the global batches
+are the same for any process count (N processes train exactly as one). Batches are whole (drop
+remainder) and the stream never ends. `make_eval_batches` reads the strided shard
+`source[shard_index::shard_count]` instead (disjoint, together covering the source). The iterators are grain `DatasetIterator`s:
 `state = it.get_state()` and, on a freshly made iterator with the same arguments,
 `it.set_state(state)` resume the exact sequence (also with worker processes, whose output is the
 same as in-process). Call `it.close()` when done with an iterator that has worker processes.
@@ -94,9 +98,33 @@ def _to_model_inputs(batch: dict, *, num_classes: int | None) -> dict:
     return out
 
 
-def _shard(source, shard_index: int, shard_count: int) -> grain.MapDataset:
+def _check_shard(source, shard_index: int, shard_count: int) -> None:
     if not 0 <= shard_index < shard_count:
         raise ValueError(f"shard_index {shard_index} not in [0, {shard_count})")
+    if len(source) == 0:
+        raise ValueError("the source has no examples")
+
+
+class _ProcessSlice(grain.MapDataset):
+    """This process's slice of every global batch of an (endless) global stream: element i is
+    global element (i // b) * b * count + index * b + i % b, b = the per-process batch size."""
+
+    def __init__(self, parent: grain.MapDataset, batch_size: int, index: int, count: int):
+        super().__init__(parent)
+        self._b, self._index, self._count = batch_size, index, count
+
+    def __len__(self) -> int:
+        return len(self._parent) // (self._b * self._count) * self._b
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.slice(i)
+        b = self._b
+        return self._parent[(i // b) * b * self._count + self._index * b + i % b]
+
+
+def _shard(source, shard_index: int, shard_count: int) -> grain.MapDataset:
+    _check_shard(source, shard_index, shard_count)
     ds = grain.MapDataset.source(source)
     if shard_count > 1:
         ds = ds[shard_index::shard_count]
@@ -110,11 +138,11 @@ def _endless(source, batch_size: int, seed: int, augment, num_classes: int | Non
     """Shuffle, repeat, flip and batch as uint8; scale / one-hot whole batches. With worker
     processes the conversion runs after the hand-off, so only uint8 crosses processes."""
     convert = functools.partial(_to_model_inputs, num_classes=num_classes)
-    ds = (_shard(source, shard_index, shard_count)
-          .shuffle(seed=seed)
-          .repeat()
-          .random_map(augment, seed=seed)
-          .batch(batch_size, drop_remainder=True))
+    _check_shard(source, shard_index, shard_count)
+    ds = grain.MapDataset.source(source).shuffle(seed=seed).repeat().random_map(augment, seed=seed)
+    if shard_count > 1:
+        ds = _ProcessSlice(ds, batch_size, shard_index, shard_count)
+    ds = ds.batch(batch_size, drop_remainder=True)
     if num_workers == 0:
         ds = ds.map(convert)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch))

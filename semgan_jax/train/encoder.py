@@ -31,6 +31,7 @@ import optax
 from semgan_jax import losses
 from semgan_jax.models.encoder import FPNEncoder, ResEncoder
 from semgan_jax.models.generator import Generator
+from semgan_jax.train import guard
 from semgan_jax.train.state import encoder_optimizer
 
 
@@ -45,6 +46,11 @@ class EncoderState:
     slow_label: Any
     opt_unlabel: Any
     opt_label: Any
+    health: Any                 # refused non-finite updates (train/guard.py)
+
+
+# The optimiser updates of one iteration, in the order of `guard.record`'s bits.
+UPDATES = ("E (unlabeled)", "E (labeled)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +83,8 @@ def default_config():
     c.stage1 = ""                   # stage-1 workdir (holds config.json and checkpoints/)
     c.data = ml_collections.ConfigDict(dict(
         unlabeled_split="unlabeled", labeled_split="train", num_labeled=0, label_seed=0,
-        num_workers=8, prefetch=4))  # dataset name / resolution / data_dir come from stage 1
+        num_workers=8, prefetch=4,
+        data_dir=""))               # "" = stage 1's; dataset name and resolution come from stage 1
     c.encoder = ml_collections.ConfigDict(dict(
         backbone="fpn",             # 'fpn' (pSp FPN, reference default) | 'res'
         base_width=64, feature_dim=512,              # FPN widths (reference: 64, 512)
@@ -87,7 +94,8 @@ def default_config():
         lr_decay_start=30_000, lr_decay_end=100_000,
         unlabel_grad_clip=2.0, label_grad_clip=5.0,  # 0 = no clipping (--no_grad_clip)
         lambda_unlabel_mse=1.0, lambda_unlabel_lpips=10.0, lambda_label_mse=1.0, lambda_label_lpips=10.0,
-        lambda_label_ce=1.0, lambda_label_dice=1.0, mesh_data=-1))
+        lambda_label_ce=1.0, lambda_label_dice=1.0, mesh_data=-1,
+        on_nonfinite="stop"))       # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
     c.lpips = ml_collections.ConfigDict(dict(
         net="vgg",                  # the reference's PerceptualLoss(net='vgg')
         backbone="", heads=""))     # weight files ('' = the default location, docs/metrics.md)
@@ -140,7 +148,7 @@ def init_state(models: EncoderModels, key) -> EncoderState:
     return EncoderState(step=jnp.zeros((), jnp.int32), key=k_state, params=params, batch_stats=stats,
                         slow_unlabel=s_u, slow_label=s_l,
                         opt_unlabel=models.tx_unlabel.init(_opt_params(models, params, s_u)),
-                        opt_label=models.tx_label.init(_opt_params(models, params, s_l)))
+                        opt_label=models.tx_label.init(_opt_params(models, params, s_l)), health=guard.init_health())
 
 
 def encoder_variables(params, batch_stats) -> dict:
@@ -180,10 +188,10 @@ def segmentation_losses(seg_logits, mask_onehot):
             losses.dice_loss(seg_logits, target, sigmoid_tau=0.3))
 
 
-def _update(models, tx, grads, opt_state, params, slow):
-    updates, opt_state = tx.update(grads, opt_state, _opt_params(models, params, slow))
-    new = optax.apply_updates(_opt_params(models, params, slow), updates)
-    return (new.fast, new.slow, opt_state) if models.ranger else (new, slow, opt_state)
+def _update(models, tx, grads, opt_state, params, slow, loss):
+    """(params, slow weights, opt_state, ok): one optimiser step, refused when non-finite."""
+    new, opt_state, ok = guard.apply_updates(tx, grads, opt_state, _opt_params(models, params, slow), loss)
+    return (new.fast, new.slow, opt_state, ok) if models.ranger else (new, slow, opt_state, ok)
 
 
 def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, frozen: dict, batch: dict):
@@ -200,9 +208,10 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
         total = hp.lambda_unlabel_mse * mse + hp.lambda_unlabel_lpips * lp
         return total, (stats, {"e_unlabel_mse": mse, "e_unlabel_lpips": lp, "e_unlabel_loss": total})
 
-    (_, (stats, m_u)), grads = jax.value_and_grad(unlabel_loss, has_aux=True)(state.params, state.batch_stats)
-    params, slow_u, opt_u = _update(models, models.tx_unlabel, grads, state.opt_unlabel, state.params,
-                                    state.slow_unlabel)
+    (loss, (stats, m_u)), grads = jax.value_and_grad(unlabel_loss, has_aux=True)(state.params, state.batch_stats)
+    params, slow_u, opt_u, ok_u = _update(models, models.tx_unlabel, grads, state.opt_unlabel, state.params,
+                                          state.slow_unlabel, loss)
+    stats = guard.keep_if(ok_u, stats, state.batch_stats)
 
     # Ranger creates the labeled optimiser's slow buffer at its first step, from the weights then
     slow_l = state.slow_label
@@ -221,22 +230,25 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
         return total, (stats, {"e_label_ce": ce, "e_label_dice": dice, "e_label_mse": mse, "e_label_lpips": lp,
                                "e_label_loss": total})
 
-    (_, (stats, m_l)), grads = jax.value_and_grad(label_loss, has_aux=True)(params, stats)
-    params, slow_l, opt_l = _update(models, models.tx_label, grads, state.opt_label, params, slow_l)
+    (loss, (new_stats, m_l)), grads = jax.value_and_grad(label_loss, has_aux=True)(params, stats)
+    params, slow_l, opt_l, ok_l = _update(models, models.tx_label, grads, state.opt_label, params, slow_l, loss)
+    stats = guard.keep_if(ok_l, new_stats, stats)
 
+    health = guard.record(state.health, state.step, (ok_u, ok_l))
     new_state = state.replace(step=state.step + 1, key=key, params=params, batch_stats=stats, slow_unlabel=slow_u,
-                              slow_label=slow_l, opt_unlabel=opt_u, opt_label=opt_l)
-    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in {**m_u, **m_l}.items()}
+                              slow_label=slow_l, opt_unlabel=opt_u, opt_label=opt_l, health=health)
+    metrics = {**m_u, **m_l, "skipped_updates": health["skipped"]}
+    return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
 def jit_train_step(models: EncoderModels, hp: EncoderHParams, mesh):
     """`train_step` under one jit: state and frozen weights replicated (state donated), batch
-    split over 'data'. Returns step(state, frozen, batch)."""
+    split over 'data'. Returns step(state, batch, frozen)."""
     from semgan_jax.parallel import batch_sharding, replicated
 
     rep, data = replicated(mesh), batch_sharding(mesh)
-    return jax.jit(lambda state, frozen, batch: train_step(models, hp, state, frozen, batch),
-                   in_shardings=(rep, rep, data), out_shardings=(rep, rep), donate_argnums=(0,))
+    return jax.jit(lambda state, batch, frozen: train_step(models, hp, state, frozen, batch),
+                   in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +296,18 @@ def load_lpips_for(config):
     return module, variables["params"]
 
 
+def first_labeled_examples(data_cfg, seg_dim: int, n: int) -> dict:
+    """The first `n` examples of the labeled split (subset as configured), unaugmented and the
+    same in every process: {'image' (n, H, W, C) in [-1, 1], 'mask' (n, H, W), ...}."""
+    from semgan_jax.data.datasets import load_split
+    from semgan_jax.data.pipeline import make_eval_batches
+
+    labeled = load_split(data_cfg.name, data_cfg.labeled_split, data_dir=data_cfg.data_dir or None,
+                         resolution=data_cfg.resolution, num_labeled=data_cfg.num_labeled or None,
+                         label_seed=data_cfg.label_seed)
+    return next(make_eval_batches(labeled, n, seg_dim))
+
+
 def train(config, workdir: str, resume: bool = True) -> EncoderState:
     """Run stage 2 as configured; resumable from WORKDIR/checkpoints. Writes config.json,
     metrics.jsonl, samples/step_XXXXXX.png (labeled inputs | reconstructions | predicted
@@ -296,7 +320,7 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
     from semgan_jax.data.datasets import get_dataset_info
     from semgan_jax.parallel import check_batch_size, make_mesh, replicated
     from semgan_jax.train import gan, loop
-    from semgan_jax.train.observe import MetricsLogger
+    from semgan_jax.train.observe import MetricsLogger, write_config
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -306,13 +330,12 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
     models = build_models(s1.model, config, lpips_module)
     hp = hparams_from_config(config.train)
     local_batch = check_batch_size(config.train.batch_size, mesh)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    write_config(workdir, config)
 
     state = jax.jit(lambda k: init_state(models, k), out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
     frozen = jax.device_put({"g": g_ema, "lpips": lpips_params}, replicated(mesh))
     data_cfg = s1.data.copy_and_resolve_references()
-    data_cfg.update(config.data)
+    data_cfg.update({k: v for k, v in config.data.items() if k != "data_dir" or v})
     feed = ml_collections.ConfigDict(dict(data=data_cfg, seed=config.seed, model=s1.model))
     it_u, it_l = gan.make_iterators(feed, local_batch)
     iterators = {"unlabeled": it_u, "labeled": it_l}
@@ -321,19 +344,18 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
         state = loop.restore_latest(ckpt, state, iterators)
 
     palette = get_dataset_info(data_cfg.name).palette
-    n = config.log.n_sample
-    viz_feed = ml_collections.ConfigDict(dict(data=data_cfg, seed=config.seed + 7, model=s1.model))
-    viz_batch = next(gan.make_iterators(viz_feed, n)[1])
+    viz_batch = first_labeled_examples(data_cfg, s1.model.seg_dim, config.log.n_sample)
+    viz_images = jax.device_put(viz_batch["image"], replicated(mesh))
 
     @jax.jit
-    def predict(state, frozen, x):
+    def predict(state, frozen, noises, x):
         w, _ = encode(models, state.params, state.batch_stats, x, train=False)
-        return models.g.apply({"params": frozen["g"], "noises": g_noises}, w, input_is_latent=True,
+        return models.g.apply({"params": frozen["g"], "noises": noises}, w, input_is_latent=True,
                               randomize_noise=False)
 
-    def write_samples(state, step):
+    def write_samples(state, step):  # every process computes (one program), process 0 writes
+        img, seg = jax.device_get(predict(state, frozen, g_noises, viz_images))
         if jax.process_index() == 0:
-            img, seg = jax.device_get(predict(state, frozen, jnp.asarray(viz_batch["image"])))
             cols = [viz.to_uint8(viz_batch["image"]), viz.to_uint8(img), viz.colorize(viz.seg_to_labels(seg), palette),
                     viz.colorize(np.asarray(viz_batch["mask"]), palette)]
             viz.save_png(workdir / "samples" / f"step_{step:06d}.png", viz.grid(cols, ncol=2),
@@ -341,7 +363,7 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
 
     logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
                            show=("e_unlabel_loss", "e_label_loss"))
-    step_fn = jit_train_step(models, hp, mesh)
-    return loop.run(state, lambda s, b: step_fn(s, frozen, b), lambda: gan.next_batch(it_u, it_l, mesh),
+    return loop.run(state, jit_train_step(models, hp, mesh), lambda: gan.next_batch(it_u, it_l, mesh),
                     total=config.train.iterations, log_cfg=config.log, ckpt=ckpt, iterators=iterators,
-                    logger=logger, write_samples=write_samples)
+                    logger=logger, write_samples=write_samples, updates=UPDATES,
+                    on_nonfinite=config.train.get("on_nonfinite", "stop"), consts=(frozen,))

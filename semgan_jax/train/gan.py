@@ -12,6 +12,8 @@ One iteration (`train_step`, a single jitted function of (state, batch)):
   5. Every g_reg_every iterations: path-length regulariser on batch // path_batch_shrink,
      weighted path_regularize * g_reg_every, its own optimiser step.
   6. EMA of G's parameters with decay 0.5 ** (32 / 10000).
+Every optimiser update is refused when its loss or a gradient is non-finite (train/guard.py);
+`state.health` records which, and the loop stops or skips as `train.on_nonfinite` says.
 Whether an iteration regularises is static (`d_reg`, `g_reg`, decided on the host from the step
 counter, as the reference does): the loop runs one of at most three compiled variants, each one
 jit. (A `lax.cond` on the step would keep one program, but XLA:CPU runs conditional branches
@@ -36,6 +38,7 @@ import optax
 from semgan_jax import losses
 from semgan_jax.models.discriminator import ImageDiscriminator, MaskDiscriminator
 from semgan_jax.models.generator import Generator, init_generator
+from semgan_jax.train import guard
 from semgan_jax.train.state import ema_update, lazy_adam
 
 
@@ -55,6 +58,11 @@ class GANState:
     d_seg_opt: Any
     mean_path_length: jax.Array     # float32 scalar
     last_reg: Any                   # last values of the lazy regularisers (logged every step)
+    health: Any                     # refused non-finite updates (train/guard.py)
+
+
+# The optimiser updates of one iteration, in the order of `guard.record`'s bits.
+UPDATES = ("Dr", "Dm", "Dr R1", "Dm R1", "G", "G path length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +114,8 @@ def default_config():
     c.train = ml_collections.ConfigDict(dict(
         iterations=800_000, batch_size=16, lr=0.002, r1=10.0, path_regularize=2.0, path_batch_shrink=2,
         d_reg_every=16, g_reg_every=4, mixing=0.9, lambda_dseg_feat=2.0, ema_decay=0.5 ** (32 / 10000),
-        mesh_data=-1))                # devices on the 'data' axis (-1 = all)
+        mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
+        on_nonfinite="stop"))         # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
     c.log = ml_collections.ConfigDict(dict(
         log_every=100, viz_every=100, n_sample=64, save_every=2000, keep=5,
         max_minutes=0.0))             # stop (with a checkpoint) after this wall time; 0 = no limit
@@ -156,7 +165,8 @@ def init_state(models: GANModels, key) -> GANState:
         d_seg=dm_vars["params"], d_seg_spectral=dm_vars["spectral"],
         g_opt=models.g_tx.init(g_vars["params"]), d_img_opt=models.d_img_tx.init(d_img),
         d_seg_opt=models.d_seg_tx.init(dm_vars["params"]), mean_path_length=zero(),
-        last_reg={"r1_img": zero(), "r1_seg": zero(), "path": zero(), "path_length": zero()})
+        last_reg={"r1_img": zero(), "r1_seg": zero(), "path": zero(), "path_length": zero()},
+        health=guard.init_health())
 
 
 def mixing_styles(key, g: Generator, batch: int, prob: float):
@@ -175,11 +185,6 @@ def generate(models: GANModels, params, key, batch: int, prob: float, return_lat
     z, inject = mixing_styles(k_style, models.g, batch, prob)
     return models.g.apply({"params": params}, z, inject_index=inject, rngs={"noise": k_noise},
                           return_latents=return_latents)
-
-
-def _apply_updates(tx, grads, opt_state, params):
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
 
 
 def _dm(models, params, spectral, x):
@@ -218,7 +223,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         return losses.d_logistic_loss(real_pred, fake_pred), (jnp.mean(real_pred), jnp.mean(fake_pred))
 
     (loss, (real_score, fake_score)), grads = jax.value_and_grad(d_img_loss, has_aux=True)(state.d_img)
-    d_img, d_img_opt = _apply_updates(models.d_img_tx, grads, state.d_img_opt, state.d_img)
+    d_img, d_img_opt, ok_d_img = guard.apply_updates(models.d_img_tx, grads, state.d_img_opt, state.d_img, loss)
     metrics.update(d_img=loss, d_img_real_score=real_score, d_img_fake_score=fake_score)
 
     # 2. Dm
@@ -233,7 +238,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
     (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(d_seg_loss, has_aux=True)(
         state.d_seg, state.d_seg_spectral)
-    d_seg, d_seg_opt = _apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg)
+    d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
     metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
 
     # 3. lazy R1 on both discriminators
@@ -241,12 +246,14 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         d_img, d_img_opt, d_seg, d_seg_opt, spectral, last = args
         weight = hp.r1 / 2 * hp.d_reg_every
 
+        def scaled(grads):
+            return jax.tree.map(lambda g: g * weight, grads)
+
         def r1_img(p):
             return losses.r1_penalty(lambda x: models.d_img.apply({"params": p}, x), real_img)
 
         r1_i, grads = jax.value_and_grad(r1_img)(d_img)
-        d_img, d_img_opt = _apply_updates(models.d_img_tx, jax.tree.map(lambda g: g * weight, grads),
-                                          d_img_opt, d_img)
+        d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads), d_img_opt, d_img, r1_i)
 
         def r1_seg(p):
             def d_fn(x):
@@ -255,13 +262,13 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
             return losses.r1_penalty(d_fn, real_seg_in, has_aux=True)
 
         (r1_s, spectral), grads = jax.value_and_grad(r1_seg, has_aux=True)(d_seg)
-        d_seg, d_seg_opt = _apply_updates(models.d_seg_tx, jax.tree.map(lambda g: g * weight, grads),
-                                          d_seg_opt, d_seg)
-        return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}
+        d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, scaled(grads), d_seg_opt, d_seg, r1_s)
+        return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}, ok_i, ok_s
 
     last_reg = state.last_reg
+    ok_r1_img = ok_r1_seg = ok_path = jnp.array(True)
     if d_reg:
-        d_img, d_img_opt, d_seg, d_seg_opt, spectral, last_reg = d_regularize(
+        d_img, d_img_opt, d_seg, d_seg_opt, spectral, last_reg, ok_r1_img, ok_r1_seg = d_regularize(
             (d_img, d_img_opt, d_seg, d_seg_opt, spectral, last_reg))
 
     # 4. G
@@ -277,8 +284,8 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         total = g_img + g_seg_adv + g_seg_feat
         return total, (spectral, {"g": total, "g_img": g_img, "g_seg_adv": g_seg_adv, "g_seg_feat": g_seg_feat})
 
-    (_, (spectral, g_metrics)), grads = jax.value_and_grad(g_loss, has_aux=True)(state.g, spectral)
-    g, g_opt = _apply_updates(models.g_tx, grads, state.g_opt, state.g)
+    (loss, (spectral, g_metrics)), grads = jax.value_and_grad(g_loss, has_aux=True)(state.g, spectral)
+    g, g_opt, ok_g = guard.apply_updates(models.g_tx, grads, state.g_opt, state.g, loss)
     metrics.update(g_metrics)
 
     # 5. lazy path-length regulariser
@@ -297,22 +304,24 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
             penalty, new_mean, lengths = losses.path_length_penalty(synth, w_plus, mean_path_length, k_path_noise)
             return hp.path_regularize * hp.g_reg_every * penalty, (penalty, new_mean, lengths)
 
-        (_, (penalty, new_mean, lengths)), grads = jax.value_and_grad(path_loss, has_aux=True)(g)
-        g, g_opt = _apply_updates(models.g_tx, grads, g_opt, g)
-        return g, g_opt, new_mean, {**last, "path": penalty, "path_length": lengths}
+        (loss, (penalty, new_mean, lengths)), grads = jax.value_and_grad(path_loss, has_aux=True)(g)
+        g, g_opt, ok = guard.apply_updates(models.g_tx, grads, g_opt, g, loss)
+        return g, g_opt, jnp.where(ok, new_mean, mean_path_length), {**last, "path": penalty,
+                                                                     "path_length": lengths}, ok
 
     mean_path_length = state.mean_path_length
     if g_reg:
-        g, g_opt, mean_path_length, last_reg = g_regularize((g, g_opt, mean_path_length, last_reg))
+        g, g_opt, mean_path_length, last_reg, ok_path = g_regularize((g, g_opt, mean_path_length, last_reg))
 
     # 6. EMA
     g_ema = ema_update(state.g_ema, g, hp.ema_decay)
 
+    health = guard.record(state.health, state.step, (ok_d_img, ok_d_seg, ok_r1_img, ok_r1_seg, ok_g, ok_path))
     metrics.update(last_reg)
-    metrics["mean_path_length"] = mean_path_length
+    metrics.update(mean_path_length=mean_path_length, skipped_updates=health["skipped"])
     new_state = state.replace(step=state.step + 1, key=key, g=g, g_ema=g_ema, d_img=d_img, d_seg=d_seg,
                               d_seg_spectral=spectral, g_opt=g_opt, d_img_opt=d_img_opt, d_seg_opt=d_seg_opt,
-                              mean_path_length=mean_path_length, last_reg=last_reg)
+                              mean_path_length=mean_path_length, last_reg=last_reg, health=health)
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
@@ -391,12 +400,14 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     """
     from pathlib import Path
 
+    import numpy as np
+
     from semgan_jax import viz
     from semgan_jax.checkpoint import Checkpointer
     from semgan_jax.data.datasets import get_dataset_info
     from semgan_jax.parallel import check_batch_size, make_mesh, replicated
     from semgan_jax.train import loop
-    from semgan_jax.train.observe import MetricsLogger
+    from semgan_jax.train.observe import MetricsLogger, write_config
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -405,8 +416,7 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     local_batch = check_batch_size(config.train.batch_size, mesh)
     models = build_models(config.model, config.train.lr, config.train.d_reg_every, config.train.g_reg_every)
     hp = hparams_from_config(config.train)
-    if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    write_config(workdir, config)
 
     state = jax.jit(lambda k: init_state(models, k), out_shardings=replicated(mesh))(
         jax.random.PRNGKey(config.seed))
@@ -417,12 +427,13 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
         state = loop.restore_latest(ckpt, state, iterators)
 
     palette = get_dataset_info(config.data.name).palette
-    sample_z = jax.random.normal(jax.random.PRNGKey(config.seed + 12345), (config.log.n_sample, models.g.style_dim))
+    sample_z = jax.device_put(np.asarray(jax.random.normal(jax.random.PRNGKey(config.seed + 12345),
+                                                (config.log.n_sample, models.g.style_dim))), replicated(mesh))
     sample_fn = jax.jit(lambda p, n, z: sample(models, p, n, z))
 
-    def write_samples(state, step):
+    def write_samples(state, step):  # every process computes (one program), process 0 writes
+        img, seg = jax.device_get(sample_fn(state.g_ema, state.g_noises, sample_z))
         if jax.process_index() == 0:
-            img, seg = jax.device_get(sample_fn(state.g_ema, state.g_noises, sample_z))
             viz.save_samples(workdir / "samples" / f"step_{step:06d}.png", img, seg, palette)
 
     logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
@@ -430,7 +441,8 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     evaluate = fid_evaluator(config, models, workdir, iterators) if config.get("eval", {}).get("stats") else None
     return loop.run(state, jit_train_step(models, hp, mesh), lambda: next_batch(it_u, it_l, mesh),
                     total=config.train.iterations, log_cfg=config.log, ckpt=ckpt, iterators=iterators,
-                    logger=logger, write_samples=write_samples, flags=lambda i: regularize_flags(i, hp),
+                    logger=logger, write_samples=write_samples, updates=UPDATES,
+                    on_nonfinite=config.train.get("on_nonfinite", "stop"), flags=lambda i: regularize_flags(i, hp),
                     evaluate=evaluate, eval_every=config.get("eval", {}).get("every", 0))
 
 

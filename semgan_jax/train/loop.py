@@ -9,9 +9,9 @@ import time
 from typing import Any, Callable
 
 import jax
-import numpy as np
-
 from semgan_jax.checkpoint import Checkpointer, abstract_like
+from semgan_jax.parallel import StepCompiler
+from semgan_jax.train import guard
 
 
 class StopSignal:
@@ -40,39 +40,48 @@ def restore_latest(ckpt: Checkpointer, state, iterators: dict):
     return state
 
 
-def run(state, step_fn: Callable, next_batch: Callable[[], Any], *, total: int, log_cfg, ckpt: Checkpointer,
-        iterators: dict, logger, write_samples: Callable[[Any, int], None],
-        flags: Callable[[int], tuple] = lambda i: (), evaluate: Callable[[Any, int], dict] | None = None,
-        eval_every: int = 0):
-    """Iterations state.step .. total-1: `state, metrics = step_fn(state, next_batch(), *flags(i))`.
+def run(state, step_fn, next_batch: Callable[[], Any], *, total: int, log_cfg, ckpt: Checkpointer,
+        iterators: dict, logger, write_samples: Callable[[Any, int], None], updates: tuple[str, ...],
+        on_nonfinite: str = "stop", consts: tuple = (), flags: Callable[[int], tuple] = lambda i: (),
+        evaluate: Callable[[Any, int], dict] | None = None, eval_every: int = 0):
+    """Iterations state.step .. total-1: `state, metrics = step_fn(state, next_batch(), *consts,
+    *flags(i))`, `step_fn` jitted with the flags static (compiled per variant by
+    `parallel.StepCompiler`).
 
-    log_cfg: log_every, viz_every, save_every, max_minutes (0 = no limit). A non-finite logged
-    metric raises FloatingPointError naming it and the last good checkpoint. `evaluate(state,
-    step) -> metrics` runs every `eval_every` steps and at the end; its metrics are logged.
+    log_cfg: log_every, viz_every, save_every, max_minutes (0 = no limit). `state.health` (see
+    train/guard.py; `updates` names its bits) is checked at every log and before every save: with
+    on_nonfinite='stop' a refused non-finite update raises FloatingPointError naming the step,
+    the networks and the last good checkpoint (nothing later is saved). `evaluate(state, step) ->
+    metrics` runs every `eval_every` steps and at the end; its metrics are logged.
     Returns the state.
     """
     def save(state):
         ckpt.save(int(state.step), state, {name: it.get_state() for name, it in iterators.items()})
 
+    def check(state):
+        last = ckpt.latest_step()
+        guard.check(state.health, updates, on_nonfinite,
+                    f"step {last} in {ckpt.directory}" if last is not None else "none")
+
+    check(state)  # also validates on_nonfinite before any work
+    step = StepCompiler(step_fn, "train step")
     stop = StopSignal()
     t_start = time.perf_counter()
     try:
         for i in range(int(state.step), total):
-            state, metrics = step_fn(state, next_batch(), *flags(i))
+            state, metrics = step(state, next_batch(), *consts, static=flags(i))
             logger.advance()
             done = i + 1
             if done % log_cfg.log_every == 0 or done == total:
-                row = logger.log(done, jax.device_get(metrics))
-                bad = [k for k, v in row.items() if not np.isfinite(v)]
-                if bad:
-                    raise FloatingPointError(f"non-finite {', '.join(bad)} at step {done}; last good checkpoint: "
-                                             f"step {ckpt.latest_step()} in {ckpt.directory}")
+                check(state)
+                logger.log(done, jax.device_get(metrics))
             if done % log_cfg.viz_every == 0 or done == total:
                 write_samples(state, done)
             if evaluate is not None and eval_every and (done % eval_every == 0 or done == total):
                 logger.log(done, evaluate(state, done))
             out_of_time = log_cfg.max_minutes and time.perf_counter() - t_start > 60 * log_cfg.max_minutes
             if done % log_cfg.save_every == 0 or done == total or stop.received or out_of_time:
+                check(state)
                 save(state)
             if stop.received or out_of_time:
                 why = "time limit" if out_of_time else f"signal {stop.received}"

@@ -12,6 +12,19 @@ import jax
 from tqdm.auto import tqdm
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `path` so that a reader (or a killed writer) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def write_config(workdir: Path, config) -> None:
+    """WORKDIR/config.json (process 0, atomic): what `--resume` without `--config` reads."""
+    if jax.process_index() == 0:
+        write_text_atomic(Path(workdir) / "config.json", config.to_json_best_effort(indent=2))
+
+
 class MetricsLogger:
     """Append metrics rows; show a tqdm bar from `start` to `total` steps."""
 
@@ -19,6 +32,8 @@ class MetricsLogger:
                  show: tuple[str, ...] = ()):
         self.main = jax.process_index() == 0
         self.path = Path(workdir) / "metrics.jsonl"
+        if self.main:
+            self._forget_after(start)
         self.images_per_step = images_per_step
         self.show = show
         self.bar = tqdm(total=total, initial=start, disable=not self.main, dynamic_ncols=True)
@@ -30,6 +45,23 @@ class MetricsLogger:
                 self.tb = SummaryWriter(str(Path(workdir) / "tb"))
             except ImportError:
                 pass
+
+    def _forget_after(self, step: int) -> None:
+        """Drop rows past `step` (logged after the checkpoint a resumed run starts from, and
+        about to be logged again) and a row cut short by a killed process, atomically."""
+        if not self.path.is_file():
+            return
+
+        def kept(line):
+            try:
+                return json.loads(line)["step"] <= step
+            except (json.JSONDecodeError, KeyError, TypeError):
+                return False
+
+        lines = self.path.read_text().splitlines(keepends=True)
+        keep = [line for line in lines if line.endswith("\n") and kept(line)]
+        if len(keep) < len(lines):
+            write_text_atomic(self.path, "".join(keep))
 
     def advance(self, n: int = 1) -> None:
         self.bar.update(n)
