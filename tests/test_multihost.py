@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from conftest import CACHE_DIR, REPO, tiny_gan_config, tiny_overrides
-from semgan_jax.checkpoint import Checkpointer
+from semgan_jax.checkpoint import restore_latest
+from semgan_jax.parallel import make_mesh, replicated
 from semgan_jax.train import gan
 
 # Regularisers every step: one compiled step variant (each costs 1.5-2 min to compile per
@@ -54,15 +55,13 @@ def _losses(workdir):
 
 
 def _final_state(workdir, step):
+    """The run's newest checkpoint (saved over 8 devices) restored onto this process's one device."""
     cfg = tiny_gan_config(**RUN)
     models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
-    abstract = jax.eval_shape(lambda: gan.init_state(models, jax.random.PRNGKey(0)))
-    ckpt = Checkpointer(workdir / "checkpoints")
-    try:
-        assert ckpt.latest_step() == step
-        return jax.device_get(ckpt.restore(abstract)[0])
-    finally:
-        ckpt.close()
+    state, _ = restore_latest(workdir / "checkpoints", lambda: gan.init_state(models, jax.random.PRNGKey(0)),
+                              replicated(make_mesh(1)))
+    assert int(state.step) == step
+    return jax.device_get(state)
 
 
 @pytest.mark.slow
