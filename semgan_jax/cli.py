@@ -13,7 +13,8 @@ import sys
 from semgan_jax.convert.cli import register_convert, register_export
 from semgan_jax.perceptual.cli import register_fid, register_inception_stats
 from semgan_jax.segment import register_evaluate, register_segment
-from semgan_jax.train.commands import register_train_encoder, register_train_gan
+from semgan_jax.train.commands import (register_evaluate_supervised, register_train_encoder, register_train_gan,
+                                        register_train_supervised)
 
 
 def register_prepare(subparsers) -> None:
@@ -59,7 +60,8 @@ def run_prepare(args) -> int:
 
 
 REGISTRARS = [register_prepare, register_train_gan, register_train_encoder, register_segment, register_evaluate,
-              register_convert, register_export, register_inception_stats, register_fid]
+              register_convert, register_export, register_inception_stats, register_fid, register_train_supervised,
+              register_evaluate_supervised]
 
 
 def build_parser() -> argparse.ArgumentParser:

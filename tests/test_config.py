@@ -49,3 +49,18 @@ def test_missing_config_file_and_missing_get_config(tmp_path):
     (tmp_path / "empty.py").write_text("x = 1\n")
     with pytest.raises(ValueError, match="defines no get_config"):
         load_config_file(tmp_path / "empty.py")
+
+
+@pytest.mark.parametrize("name", ["celebamask_256", "isic_256", "xray_256", "synthetic_32"])
+def test_stage1_configs_fit_their_datasets(name):
+    """Every stage-1 config's networks match its dataset (classes, channels, resolution), and its
+    stage-2 and U-Net companions load."""
+    from semgan_jax.data.datasets import get_dataset_info
+    from semgan_jax.train.gan import check_model_against_data
+
+    c = load_config_file(REPO / "experiments" / f"{name}.py")
+    check_model_against_data(c.model, c.data)
+    assert load_config_file(REPO / "experiments" / f"{name}_encoder.py").train.batch_size == c.train.batch_size
+    unet = load_config_file(REPO / "experiments" / f"{name}_unet.py")
+    assert (unet.data.name, unet.data.resolution) == (c.data.name, c.data.resolution)
+    assert c.data.name in {"synthetic", "celebamask_hq"} or get_dataset_info(c.data.name).ood_splits

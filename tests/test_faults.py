@@ -184,7 +184,8 @@ def test_resumed_metrics_forget_rows_after_the_checkpoint(tmp_path):
 # SIGKILL at any moment
 # ---------------------------------------------------------------------------------------------
 
-def _launch(workdir, overrides):
+def _launch(workdir, overrides, log):
+    """`semgan train-gan --resume` in a subprocess, stdout and stderr to the file `log`."""
     import os
     import subprocess
     import sys
@@ -192,9 +193,9 @@ def _launch(workdir, overrides):
     from conftest import CACHE_DIR, REPO
 
     env = {**os.environ, "SEMGAN_JAX_CACHE": CACHE_DIR, "JAX_PLATFORMS": "cpu"}
-    return subprocess.Popen([sys.executable, "-m", "semgan_jax.cli", "train-gan", "--workdir", str(workdir),
-                             "--resume", *overrides], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "semgan_jax.cli", "train-gan", "--workdir", str(workdir),
+                                 "--resume", *overrides], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _metric_rows(workdir):
@@ -211,6 +212,7 @@ def test_sigkill_at_random_moments_resumes_to_the_same_parameters(tmp_path):
     --resume each time: the final parameters, optimiser states, RNG key and the metrics log equal
     an uninterrupted run's, bit for bit."""
     import random
+    import re
     import signal
     import time
 
@@ -220,15 +222,18 @@ def test_sigkill_at_random_moments_resumes_to_the_same_parameters(tmp_path):
     over = tiny_overrides(**{"train.iterations": total, "log.save_every": 1, "log.viz_every": 7, "log.keep": 3,
                              "train.d_reg_every": 4, "train.g_reg_every": 2})
     reference, victim = tmp_path / "reference", tmp_path / "killed"
-    ref = _launch(reference, over)
-    assert ref.wait(timeout=1200) == 0, ref.stderr.read()[-3000:]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    ref = _launch(reference, over, logs / "reference.txt")
+    assert ref.wait(timeout=1200) == 0, (logs / "reference.txt").read_text()[-3000:]
 
     rng = random.Random(0)
     kills = {"start-up": 0, "training": 0, "saving": 0}
     while sum(kills.values()) < kills_wanted:
         mode = ("start-up", "training", "saving")[sum(kills.values()) % 3]
         done_before = len(_metric_rows(victim))
-        proc = _launch(victim, over)
+        log = logs / f"launch_{sum(kills.values()):02d}.txt"
+        proc = _launch(victim, over, log)
         deadline = time.time() + 600
         if mode == "start-up":
             time.sleep(rng.uniform(0.5, 8.0))
@@ -242,16 +247,19 @@ def test_sigkill_at_random_moments_resumes_to_the_same_parameters(tmp_path):
                     ckpts.is_dir() and any("tmp" in p.name for p in ckpts.iterdir())):
                 time.sleep(0.002)
         if proc.poll() is not None:  # finished (or failed) before the kill
-            assert proc.returncode == 0, proc.stderr.read()[-3000:]
+            assert proc.returncode == 0, log.read_text()[-3000:]
             break
         saving = any("tmp" in p.name for p in (victim / "checkpoints").iterdir()) if (victim / "checkpoints").is_dir() else False
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills["saving" if saving else mode] += 1
-    print(f"SIGKILLs: {kills}; steps logged at the last kill: {len(_metric_rows(victim))} of {total}")
+    final = _launch(victim, over, logs / "final.txt")
+    assert final.wait(timeout=1200) == 0, (logs / "final.txt").read_text()[-3000:]
+    texts = [p.read_text() for p in sorted(logs.glob("launch_*.txt"))] + [(logs / "final.txt").read_text()]
+    resumed = [int(m) for t in texts for m in re.findall(r"resumed from step (\d+)", t)]
+    fallbacks = sum(t.count("cannot be read") for t in texts)
+    print(f"SIGKILLs: {kills}; resumed from steps {resumed}; corrupt-checkpoint fallbacks: {fallbacks}")
     assert sum(kills.values()) >= kills_wanted and kills["saving"] >= kills_wanted // 4
-    final = _launch(victim, over)
-    assert final.wait(timeout=1200) == 0, final.stderr.read()[-3000:]
 
     def strip(rows):
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in rows]

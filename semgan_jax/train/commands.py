@@ -1,4 +1,5 @@
-"""`semgan train-gan` (and the other training commands' shared option handling)."""
+"""`semgan train-gan` (and the other training commands' shared option handling), and the
+supervised baseline's `semgan train-supervised` / `semgan evaluate-supervised`."""
 
 from __future__ import annotations
 
@@ -68,6 +69,50 @@ def register_train_encoder(subparsers) -> None:
     p.set_defaults(handler=lambda args, overrides: _run_training("encoder", args, overrides), accepts_overrides=True)
 
 
+def register_train_supervised(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-supervised", help="baseline: train a U-Net on the labeled subset alone",
+        description="The supervised baseline (docs/baseline.md): a U-Net on the same labeled subset and "
+                    "augmentation as SemanticGAN. Extra arguments --config.FIELD=VALUE override config fields.")
+    _add_config_args(p, "experiments/synthetic_32_unet.py")
+    p.set_defaults(handler=lambda args, overrides: _run_training("supervised", args, overrides),
+                   accepts_overrides=True)
+
+
+def register_evaluate_supervised(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate-supervised", help="mIoU / JSI / DSC of a train-supervised run on a dataset split",
+        description="Scores the run's latest checkpoint on a split of its dataset with the metrics of "
+                    "`semgan evaluate`; writes JSON and prints a table.")
+    p.add_argument("--workdir", required=True, help="train-supervised run directory")
+    p.add_argument("--split", default="test", help="split of the run's dataset (e.g. test, test_ood)")
+    p.add_argument("--out", help="JSON file for the scores (default WORKDIR/eval_SPLIT.json)")
+    p.add_argument("--grid", type=int, default=0, metavar="N",
+                   help="also write inputs | predictions | ground truth of the first N examples as a PNG "
+                        "beside the JSON (same name, .png)")
+    p.add_argument("--limit", type=int, default=0, help="score only the first N examples (0 = all)")
+    p.add_argument("--batch", type=int, default=32, help="images per forward pass")
+    p.add_argument("--data-dir", help="dataset root, if not the one the run was trained from")
+    p.set_defaults(handler=_run_evaluate_supervised)
+
+
+def _run_evaluate_supervised(args) -> int:
+    import json
+
+    from semgan_jax.train.supervised import evaluate
+
+    out = Path(args.out) if args.out else Path(args.workdir) / f"eval_{args.split}.json"
+    try:
+        result = evaluate(args.workdir, args.split, limit=args.limit, batch_size=args.batch,
+                          data_dir=args.data_dir, grid=args.grid, grid_path=out.with_suffix(".png"))
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    return 0
+
+
 def _run_training(stage: str, args, overrides: list[str]) -> int:
     try:
         config = load_run_config(args, overrides)
@@ -80,6 +125,8 @@ def _run_training(stage: str, args, overrides: list[str]) -> int:
     enable_compilation_cache()
     if stage == "gan":
         from semgan_jax.train.gan import train
+    elif stage == "supervised":
+        from semgan_jax.train.supervised import train
     else:
         from semgan_jax.train.encoder import train
     try:
