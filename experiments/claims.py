@@ -36,7 +36,7 @@ dataset-level mIoU over the 6 classes (`dataset.miou`), pixel accuracy and per-c
 Time budgets. Training runs are capped by `log.max_minutes` (the loop's clock starts before the
 first step, so the first compile counts against it; a capped run saves a checkpoint and exits 0;
 the configs' iteration counts, 1500 / 1000 / 3000, are the upper limit). Measured on this 2-core
-CPU: stage 1 at 32 px, narrow networks ≈ 30 images/s (benchmarks/stage1.py, narrow32); stage 2
+CPU: stage 1 at 32 px, narrow networks ≈ 30 images/s (benchmarks/ours.py --what stage1 --size 32 --width narrow --batch 16); stage 2
 ≈ 50 images/s (metrics.jsonl of `make demo`); the U-Net ≈ 200 images/s; inversion (100 steps)
 ≈ 1 image/s (`make demo`: 64 images in 59 s and 63 s, compile included); every process also pays
 start-up (imports, data, init, final checkpoint; about 0.1 min in `make demo`, taken as 0.25);
@@ -98,6 +98,11 @@ INVERT_S_PER_IMAGE = 1.0
 PROCESSES_PER_PAIR = 7
 SHARES = {"gan": 0.50, "encoder": 0.25, "unet": 0.25}
 QUICK_BUDGETS = {"gan": 0.5, "encoder": 0.3, "unet": 0.3}
+# The warm-up (warmup_runs): minutes it takes with a cold compile cache, and the iterations that
+# reach every compiled variant of each training step (stage 1: i = 0 both regularisers, 1 none,
+# 4 path length only; R1 alone never occurs with d_reg_every 16 = 4 * g_reg_every).
+WARMUP_MIN = 5.0
+WARMUP_ITERATIONS = {"stage1": 5, "stage2": 2, "train": 2}
 QUICK_LIMIT = 4
 
 
@@ -137,7 +142,8 @@ def resolve_budgets(args) -> dict[str, float]:
     elif all(v is not None for v in explicit.values()):
         budgets = {}
     else:
-        budgets = plan_budgets(args.budget_minutes, len(args.labels) * len(args.seeds), args.limit)
+        total = args.budget_minutes - (WARMUP_MIN if args.warmup else 0.0)
+        budgets = plan_budgets(total, len(args.labels) * len(args.seeds), args.limit)
     budgets.update({k: float(v) for k, v in explicit.items() if v is not None})
     return budgets
 
@@ -235,6 +241,22 @@ def plan_runs(out: Path, labels, seeds, methods, budgets: dict, limit: int) -> l
     """Every run of the sweep, seeds outermost, then label counts, then methods."""
     makers = {"semgan": semgan_run, "unet": unet_run}
     return [makers[m](Path(out), n, s, budgets, limit) for s in seeds for n in labels for m in methods]
+
+
+def warmup_runs(out: Path, labels, seeds, methods, limit: int) -> list[Run]:
+    """Short runs, before the sweep, of every command it will run (same shapes: same configs,
+    batches and evaluation batch sizes), with no time limit and WARMUP_ITERATIONS iterations, in
+    OUT/warmup/. They fill XLA's persistent compile cache, so that no run's training budget pays
+    for compiling (cold, 1-2 min per compiled variant on 2 CPU cores, three in stage 1)."""
+    none = {"gan": 0.0, "encoder": 0.0, "unet": 0.0}
+    runs = plan_runs(Path(out) / "warmup", [min(labels)], [seeds[0]], methods, none, limit)
+    for run in runs:
+        for step in run.steps:
+            if step.is_training:
+                step.argv.append(f"--config.train.iterations={WARMUP_ITERATIONS[step.name]}")
+                step.budget = None
+            step.timeout_s = max(step.timeout_s, 3600.0)  # a cold compile on a busy machine
+    return runs
 
 
 # --------------------------------------------------------------------------- executing
@@ -560,6 +582,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=64, help="score the first K images of each split (default 64)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: budgets {QUICK_BUDGETS} min, --limit {QUICK_LIMIT} (not a measurement)")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                   help=f"compile everything first in short unbudgeted runs (OUT/warmup; about {WARMUP_MIN:g} "
+                        "min cold, taken from --budget-minutes) so that no training budget pays for compiling")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; rebuild claims.json / .md / .png from the runs' result.json")
@@ -602,7 +627,7 @@ def main(argv=None, runner=run_subprocess) -> int:
         write_reports(out, records, settings)
         print(f"{len(records)} of {len(runs)} runs have results -> {out}/claims.{{json,md,png}}")
         return 0
-    est = estimated_minutes(budgets, pairs, args.limit, args.methods)
+    est = estimated_minutes(budgets, pairs, args.limit, args.methods) + (WARMUP_MIN if args.warmup else 0.0)
     if not args.quick and "semgan" in args.methods and budgets["gan"] < 3:
         print(f"warning: {budgets['gan']:g} min for stage 1 is little more than its first compile (1-2 min "
               "cold); give a larger --budget-minutes for this many runs", file=sys.stderr)
@@ -618,6 +643,14 @@ def main(argv=None, runner=run_subprocess) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     t0, records = time.perf_counter(), []
+    if args.warmup and not all(r.result_path.is_file() for r in runs):
+        for run in warmup_runs(out, args.labels, args.seeds, args.methods, min(args.limit, 32)):
+            print(f"[warm-up] {run.title} -> {run.dir}", flush=True)
+            record = execute_run(run, {"limit": args.limit}, runner=runner, say=lambda m: print(m, flush=True))
+            if record["status"] != "ok":
+                print("warm-up failed: the sweep would fail the same way; see the log above", file=sys.stderr)
+                return 1
+        print(f"warm-up done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     for i, run in enumerate(runs, 1):
         print(f"[{i}/{len(runs)} {(time.perf_counter() - t0) / 60:5.1f} min] {run.title} -> {run.dir}", flush=True)
         start = time.perf_counter()

@@ -42,7 +42,10 @@ def test_default_budgets_fit_the_sweep_into_an_hour():
     assert 55 <= claims.estimated_minutes(budgets, 3, 64) <= 60
     args = claims.parse_args([])
     assert (args.labels, args.seeds, args.limit, args.methods) == ([8, 32, 128], [0], 64, ["semgan", "unet"])
-    assert claims.resolve_budgets(args) == budgets
+    assert claims.resolve_budgets(claims.parse_args(["--no-warmup"])) == budgets
+    with_warmup = claims.resolve_budgets(args)  # the warm-up's minutes come out of the hour
+    assert with_warmup == claims.plan_budgets(60 - claims.WARMUP_MIN, 3, 64)
+    assert claims.estimated_minutes(with_warmup, 3, 64) + claims.WARMUP_MIN <= 60
 
 
 def test_budget_minutes_scale_the_per_run_budgets():
@@ -51,13 +54,14 @@ def test_budget_minutes_scale_the_per_run_budgets():
     assert all(double[k] > 2 * base[k] for k in base)  # the overhead is fixed, the rest doubles
     assert claims.estimated_minutes(double, 3, 64) <= 120
     # three seeds in three hours: the same budget per run as one seed in one hour
-    assert claims.resolve_budgets(claims.parse_args(["--seeds", "0,1,2", "--budget-minutes", "180"])) == base
+    assert claims.resolve_budgets(claims.parse_args(["--seeds", "0,1,2", "--budget-minutes", "180",
+                                                     "--no-warmup"])) == base
     three_seeds = claims.resolve_budgets(claims.parse_args(["--seeds", "0,1,2"]))
     assert all(three_seeds[k] < base[k] for k in base)
     assert claims.estimated_minutes(three_seeds, 9, 64) <= 60
     with pytest.raises(ValueError, match="budget-minutes"):
         claims.plan_budgets(10, 3, 64)
-    explicit = claims.resolve_budgets(claims.parse_args(["--gan-minutes", "2.5"]))
+    explicit = claims.resolve_budgets(claims.parse_args(["--gan-minutes", "2.5", "--no-warmup"]))
     assert explicit == dict(base, gan=2.5)
     quick = claims.parse_args(["--quick", "--labels", "8"])
     assert claims.resolve_budgets(quick) == claims.QUICK_BUDGETS and quick.limit == claims.QUICK_LIMIT == 4
@@ -158,7 +162,7 @@ class FakeSemgan:
 
 def sweep_args(out):
     return ["--labels", "8,32", "--limit", "4", "--gan-minutes", "1", "--encoder-minutes", "0.5",
-            "--unet-minutes", "0.5", "--out", str(out)]
+            "--unet-minutes", "0.5", "--no-warmup", "--out", str(out)]
 
 
 def test_sweep_skips_done_runs_resumes_cut_off_ones_and_records_failures(tmp_path, capsys):
@@ -205,6 +209,33 @@ def test_sweep_skips_done_runs_resumes_cut_off_ones_and_records_failures(tmp_pat
     for c in fake3.calls[:2]:
         assert c[c.index("--workdir") + 2] == "--resume"
     assert (run / "stage2.json").is_file() and (run / "eval_test_ood.json").is_file()
+
+
+def test_warmup_compiles_every_command_once_before_the_sweep(tmp_path):
+    """The warm-up runs each training command for the few iterations that reach all its compiled
+    variants, without a time limit, and each evaluation at the sweep's batch sizes, in OUT/warmup,
+    before any budgeted run; once done it is not repeated."""
+    out = tmp_path / "claims"
+    args = [a for a in sweep_args(out) if a != "--no-warmup"]
+    fake = FakeSemgan()
+    assert claims.main(args, runner=fake) == 0
+    warm, sweep = fake.calls[:7], fake.calls[7:]
+    assert len(sweep) == 2 * (4 + 3) and all(str(out / "warmup") not in " ".join(c) for c in sweep)
+    assert [c[0] for c in warm] == ["train-gan", "train-encoder", "evaluate", "evaluate", "train-supervised",
+                                    "evaluate-supervised", "evaluate-supervised"]
+    assert all(str(out / "warmup" / m / "labels8_seed0") in " ".join(c)
+               for c, m in zip(warm, ["semgan"] * 4 + ["unet"] * 3))
+    iterations = {c[0]: c[-1] for c in warm if c[0].startswith("train-")}
+    assert iterations == {"train-gan": "--config.train.iterations=5", "train-encoder": "--config.train.iterations=2",
+                          "train-supervised": "--config.train.iterations=2"}
+    assert all("--config.log.max_minutes=0" in c for c in warm if c[0].startswith("train-"))
+    batches = {(c[0], c[c.index("--batch") + 1]) for c in warm + sweep if c[0].startswith("evaluate")}
+    assert batches == {("evaluate", "4"), ("evaluate-supervised", "4")}  # the same programs as the sweep's
+    (out / "semgan" / "labels8_seed0" / "result.json").unlink()
+    (out / "semgan" / "labels8_seed0" / "eval_test_ood.json").unlink()
+    fake2 = FakeSemgan()
+    assert claims.main(args, runner=fake2) == 0
+    assert [c[0] for c in fake2.calls] == ["evaluate"]  # the warm-up is done already
 
 
 # --------------------------------------------------------------------------- the command lines

@@ -26,7 +26,6 @@ import argparse
 import json
 import math
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -89,18 +88,15 @@ def load_fixture(path) -> tuple[dict, dict[str, np.ndarray]]:
 # ---- torch side -----------------------------------------------------------------------------
 
 def import_reference(repo: Path):
-    """Import the official models without compiling their CUDA ops (CPU tensors take the native
-    paths in models/op: `upfirdn2d_native` and the leaky-ReLU fallback)."""
-    import torch.utils.cpp_extension as cpp_extension
+    """The official models/stylegan2_seg and models/encoder_model, imported without compiling their
+    CUDA ops (benchmarks/official_code.py; CPU tensors take the native paths in models/op:
+    `upfirdn2d_native` and the leaky-ReLU fallback)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from official_code import import_official
 
-    load = cpp_extension.load
-    cpp_extension.load = lambda *args, **kwargs: types.SimpleNamespace()
-    sys.path.insert(0, str(repo))
-    try:
-        from models import encoder_model, stylegan2_seg
-    finally:
-        cpp_extension.load = load
-    return stylegan2_seg, encoder_model
+    names = ("models.stylegan2_seg", "models.encoder_model")
+    modules = import_official(repo, names, device="cpu")
+    return tuple(modules[n] for n in names)
 
 
 def fill_spec(module, name: str, tensor) -> tuple[str, float, float]:

@@ -32,8 +32,10 @@ def all_finite(*trees) -> jax.Array:
 
 
 def keep_if(ok, new, old):
-    """`new` where `ok`, else `old` (same pytree structure)."""
-    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    """`new` if `ok`, else `old` (same pytree structure). One `lax.cond` over the whole tree,
+    not a `jnp.where` per leaf: with a select per leaf XLA:CPU took 238 s instead of 107 s to
+    compile the 16-px stage-2 step (benchmarks/ours.py --what encoder --width narrow)."""
+    return jax.lax.cond(ok, lambda: new, lambda: old)
 
 
 def apply_updates(tx: optax.GradientTransformation, grads, opt_state, params, loss):

@@ -1,0 +1,86 @@
+"""What both sides of the benchmark share: timing statistics, the row printed per result, and
+the device's nominal peak FLOP/s for MFU. No JAX or torch import here."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+# Dense peak FLOP/s (no sparsity) by device kind substring and compute dtype: the vendor's
+# figures. fp32 on H100/H200 is the plain (non-tensor-core) rate; XLA may run fp32 matmuls and
+# convolutions in TF32 on tensor cores (jax_default_matmul_precision), so fp32 MFU above 100%
+# of this would mean TF32 was used.
+GPU_PEAK = {"H100": {"float32": 66.9e12, "bfloat16": 989.4e12},
+            "H200": {"float32": 66.9e12, "bfloat16": 989.4e12},
+            "A100": {"float32": 19.5e12, "bfloat16": 312e12}}
+
+
+def cpu_peak_flops() -> float:
+    """Nominal fp32 peak of the CPU cores this process may use: cores x clock x FLOP/cycle
+    (AVX-512: 2 FMA units x 16 lanes x 2 = 64; AVX2 + FMA: 32; else 8)."""
+    cores = len(os.sched_getaffinity(0))
+    flags, mhz = "", 0.0
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags") and not flags:
+                    flags = line
+                elif line.startswith("cpu MHz") and not mhz:
+                    mhz = float(line.split(":")[1])
+    except OSError:
+        return float("nan")
+    per_cycle = 64 if " avx512f" in flags else 32 if " fma" in flags else 8
+    return cores * mhz * 1e6 * per_cycle
+
+
+def peak_flops(device_kind: str, platform: str, dtype: str) -> float:
+    """Nominal peak FLOP/s of one device (NaN when unknown)."""
+    if platform == "cpu":
+        return cpu_peak_flops()
+    for name, peaks in GPU_PEAK.items():
+        if name in device_kind:
+            return peaks.get(dtype, float("nan"))
+    return float("nan")
+
+
+def time_calls(fn, repeats: int, warmup: int = 1) -> dict:
+    """Wall time of `fn()` (which must block until its work is done): `warmup` untimed calls,
+    then `repeats` timed ones. Returns ms: median, min, max, q1, q3 and all values."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - t0))
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"median": statistics.median(times), "min": min(times), "max": max(times),
+            "q1": q[0], "q3": q[2], "values": times}
+
+
+def amortised_iteration(ms: dict, d_reg_every: int, g_reg_every: int) -> float:
+    """A stage-1 iteration's mean time from the plain, +R1 and +path-length variants (medians):
+    plain + (r1 - plain) / d_reg_every + (path - plain) / g_reg_every."""
+    plain = ms["plain"]
+    return plain + (ms["r1"] - plain) / d_reg_every + (ms["path"] - plain) / g_reg_every
+
+
+def spread(stats: dict) -> str:
+    """'min-max' of a time_calls result, in ms."""
+    return f"{stats['min']:.0f}-{stats['max']:.0f}"
+
+
+HEADER = (f"{'impl':8s} {'what':7s} {'px':>4s} {'cm':>2s} {'batch':>5s} {'dtype':8s} {'ms/iter':>9s} "
+          f"{'spread ms':>13s} {'img/s':>8s} {'compile s':>9s} {'GFLOP/it':>9s} {'MFU %':>6s} {'mem MiB':>8s}")
+
+
+def format_row(r: dict) -> str:
+    """One line of the table under HEADER; missing fields print as '-'."""
+    def f(key, fmt):
+        v = r.get(key)
+        return "-" if v is None or v != v else format(v, fmt)
+    return (f"{r['impl']:8s} {r['what']:7s} {r['size']:4d} {r['channel_multiplier']:2d} {r['batch']:5d} "
+            f"{r.get('dtype', 'float32'):8s} {f('ms_iteration', '.1f'):>9s} {r.get('spread_ms') or '-':>13s} "
+            f"{f('images_per_s', '.2f'):>8s} {f('compile_s', '.1f'):>9s} {f('gflop_per_iteration', '.1f'):>9s} "
+            f"{f('mfu_percent', '.1f'):>6s} {f('peak_memory_mib', '.0f'):>8s}")

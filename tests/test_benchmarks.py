@@ -1,0 +1,90 @@
+"""The benchmark scripts' plumbing: timing statistics, the amortised iteration, the comparison
+table and plot, the profile summary, and one real (tiny) run of ours.py. Nothing here asserts a
+speed."""
+
+import gzip
+import importlib
+import json
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+common = importlib.import_module("common")
+compare = importlib.import_module("compare")
+
+
+def test_time_calls_reports_median_and_spread():
+    calls = []
+    stats = common.time_calls(lambda: calls.append(1), repeats=5, warmup=2)
+    assert len(calls) == 7 and len(stats["values"]) == 5
+    assert stats["min"] <= stats["q1"] <= stats["median"] <= stats["q3"] <= stats["max"]
+
+
+def test_amortised_iteration_follows_the_lazy_schedule():
+    ms = {"plain": 100.0, "r1": 260.0, "path": 140.0}
+    assert common.amortised_iteration(ms, 16, 4) == pytest.approx(100 + 160 / 16 + 40 / 4)
+
+
+def test_cpu_peak_is_positive_and_gpu_peaks_are_known():
+    assert common.peak_flops("cpu", "cpu", "float32") > 1e9
+    assert common.peak_flops("NVIDIA H100 80GB HBM3", "gpu", "bfloat16") == pytest.approx(989.4e12)
+    assert np.isnan(common.peak_flops("Mystery", "gpu", "float32"))
+
+
+def _row(impl, what, batch, ips, **kw):
+    r = {"impl": impl, "what": what, "size": 64, "channel_multiplier": 2, "batch": batch, "dtype": "float32",
+         "ms_iteration": 1e3 * batch / ips, "spread_ms": "1-2", "images_per_s": ips, "compile_s": 10.0,
+         "gflop_per_iteration": 50.0, "mfu_percent": 20.0, "peak_memory_mib": 100.0, "device": "cpu (cpu)",
+         "group": "main"}
+    r.update(kw)
+    return r
+
+
+def test_compare_pairs_rows_prints_ratios_and_plots(tmp_path):
+    rows = [_row("ours", "stage1", 8, 1.0), _row("official", "stage1", 8, 0.25),
+            _row("ours", "stage1", 8, 2.0, dtype="bfloat16"),
+            _row("ours", "segment", 64, 0.5), _row("official", "segment", 1, 0.02),
+            _row("ours", "stage1", 4, 0.8, group=compare.SWEEP), _row("official", "stage1", 4, 0.2, group=compare.SWEEP),
+            {"impl": "official", "what": "encoder", "size": 64, "batch": 8, "error": "boom", "command": "x"}]
+    pairs = compare.ratio_rows(rows)
+    ratios = {(p["ours"]["what"], p["ours"]["batch"], p["ours"]["dtype"]): p["ratio"] for p in pairs}
+    assert ratios[("stage1", 8, "float32")] == pytest.approx(4.0)
+    assert ratios[("stage1", 8, "bfloat16")] is None  # no official bf16 run to compare with
+    assert ratios[("segment", 64, "float32")] == pytest.approx(25.0)  # batched vs one at a time
+    table = compare.markdown(rows, pairs, "cpu (cpu)")
+    assert "**4.00x**" in table and "**25.00x**" in table and "(official batch 1)" in table
+    assert "Failed: official encoder" in table
+    compare.plot_sweep(tmp_path / "sweep.png", rows)
+    img = np.asarray(Image.open(tmp_path / "sweep.png").convert("RGB")).astype(int)
+    for color in ((31, 119, 180), (214, 39, 40)):  # a line per implementation
+        assert (np.abs(img - np.array(color)).sum(-1) < 30).sum() > 50
+
+
+def test_profile_summary_groups_ops_by_kind(tmp_path):
+    profile = importlib.import_module("profile_stage1")
+    events = [{"ph": "X", "name": "ynn_fusion.3", "dur": 600.0}, {"ph": "X", "name": "ynn_fusion", "dur": 200.0},
+              {"ph": "X", "name": "transpose_copy_fusion.1", "dur": 150.0}, {"ph": "X", "name": "add_fusion", "dur": 50.0},
+              {"ph": "X", "name": "PjitFunction(step)", "dur": 5000.0}, {"ph": "i", "name": "marker"}]
+    path = tmp_path / "t.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": events}, f)
+    s = profile.summarise(str(path), top=5)
+    assert s["total_op_ms"] == pytest.approx(1.0)
+    assert s["ops"][0] == {"op": "ynn_fusion", "ms": 0.8, "percent": pytest.approx(80.0)}
+    assert s["kinds"]["convolution / matmul"] == pytest.approx(80.0)
+    assert s["kinds"]["transpose / copy"] == pytest.approx(15.0)
+
+
+@pytest.mark.slow  # compiles a stage-2 step (about 2 minutes on 2 cores)
+def test_ours_times_a_tiny_encoder_iteration(tmp_path):
+    ours = importlib.import_module("ours")
+    out = tmp_path / "rows.json"
+    r = ours.main(["--what", "encoder", "--size", "16", "--width", "narrow", "--batch", "2", "--no-lpips",
+                   "--repeats", "2", "--warmup", "0", "--json", str(out)])
+    assert r["images_per_s"] > 0 and r["gflop_per_iteration"] > 0 and r["compile_s"] > 0
+    assert r["params"]["e"] > 0 and json.loads(out.read_text())[-1]["what"] == "encoder"
