@@ -51,6 +51,8 @@ PRESETS = {
         *[case("stage1", 64, b, group=SWEEP, repeats=3) for b in (2, 4, 16)],
         case("stage1", 256, 16, impls=("ours",), group="compile", compile_only=True),
     ],
+    # the CPU target alone (about 12 minutes on 2 cores, most of it the official code)
+    "cpu-target": [case("stage1", 64, 8, repeats=2)],
     "gpu": [
         case("stage1", 256, 16),
         case("stage1", 256, 16, impls=("ours",), dtype="bfloat16"),
