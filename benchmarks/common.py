@@ -3,9 +3,11 @@ the device's nominal peak FLOP/s for MFU. No JAX or torch import here."""
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import time
+from pathlib import Path
 
 # Dense peak FLOP/s (no sparsity) by device kind substring and compute dtype: the vendor's
 # figures. fp32 on H100/H200 is the plain (non-tensor-core) rate; XLA may run fp32 matmuls and
@@ -84,3 +86,13 @@ def format_row(r: dict) -> str:
             f"{r.get('dtype', 'float32'):8s} {f('ms_iteration', '.1f'):>9s} {r.get('spread_ms') or '-':>13s} "
             f"{f('images_per_s', '.2f'):>8s} {f('compile_s', '.1f'):>9s} {f('gflop_per_iteration', '.1f'):>9s} "
             f"{f('mfu_percent', '.1f'):>6s} {f('peak_memory_mib', '.0f'):>8s}")
+
+
+def report(r: dict, json_path: str | None) -> None:
+    """Print the row under HEADER; append it to the JSON list file `json_path` if given."""
+    print(HEADER)
+    print(format_row(r), flush=True)
+    if json_path:
+        path = Path(json_path)
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        path.write_text(json.dumps(rows + [r], indent=1) + "\n")

@@ -62,7 +62,6 @@ torch.cuda.max_memory_allocated or the process's max RSS).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import resource
 import sys
@@ -75,7 +74,7 @@ from torch import optim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import HEADER, amortised_iteration, format_row, spread, time_calls  # noqa: E402
+from common import amortised_iteration, report, spread, time_calls  # noqa: E402
 from official_code import import_official, perceptual_loss  # noqa: E402
 
 LATENT, N_MLP = 512, 8  # args.latent, args.n_mlp as all three official scripts set them
@@ -461,13 +460,8 @@ def summary(r) -> str:
 def main(argv=None) -> dict:
     a = build_parser().parse_args(argv)
     r = run(a)
-    print(HEADER)
-    print(format_row(r), flush=True)
+    report(r, a.json)
     print("  " + summary(r), flush=True)
-    if a.json:
-        path = Path(a.json)
-        rows = json.loads(path.read_text()) if path.is_file() else []
-        path.write_text(json.dumps(rows + [r], indent=1) + "\n")
     return r
 
 

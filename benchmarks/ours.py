@@ -29,7 +29,6 @@ aliased).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import HEADER, amortised_iteration, format_row, peak_flops, spread, time_calls  # noqa: E402
+from common import amortised_iteration, peak_flops, report, spread, time_calls  # noqa: E402
 
 from semgan_jax import infer  # noqa: E402
 from semgan_jax.config import apply_overrides, load_config_file  # noqa: E402
@@ -222,12 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     a = build_parser().parse_args(argv)
     r = BENCHES[a.what](a)
-    print(HEADER)
-    print(format_row(r), flush=True)
-    if a.json:
-        path = Path(a.json)
-        rows = json.loads(path.read_text()) if path.is_file() else []
-        path.write_text(json.dumps(rows + [r], indent=1) + "\n")
+    report(r, a.json)
     return r
 
 
