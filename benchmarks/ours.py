@@ -6,6 +6,7 @@ randomly initialised networks and random batches.
     python benchmarks/ours.py --what encoder --size 64  --batch 8
     python benchmarks/ours.py --what segment --size 256 --batch 64 --steps 100 --steps-timed 5
     options: --width full|narrow  --dtype float32|bfloat16  --repeats 5 --warmup 1  --json out.json
+             --cpu-convs auto|ynnpack|eigen
 
 stage1: `gan.train_step` (Dr, Dm, G updates, style mixing, EMA; one jit, state donated) in its
 three compiled variants, plain, +lazy R1 (Dr and Dm) and +path length; the iteration time is the
@@ -50,6 +51,7 @@ from semgan_jax.parallel import global_batch, make_mesh, replicated  # noqa: E40
 from semgan_jax.perceptual.lpips import LPIPS  # noqa: E402
 from semgan_jax.train import encoder as stage2  # noqa: E402
 from semgan_jax.train import gan  # noqa: E402
+from semgan_jax.xla_cpu import CONV_LIBRARIES, use_cpu_conv_library  # noqa: E402
 
 FULL_GAN = {"model.style_dim": 512, "model.n_mlp": 8, "model.channel_base": 0, "model.channel_max": 512,
             "model.dm_ndf": 64, "model.dm_max_channels": 512}
@@ -191,7 +193,8 @@ def row(a, ms_iteration, flops, compile_s, xla_bytes, stats, **extra) -> dict:
             "peak_tflops": peak / 1e12, "mfu_percent": 100 * achieved / peak,
             "peak_memory_mib": (peak_bytes if peak_bytes is not None else xla_bytes) / 2 ** 20,
             "memory_source": "device peak_bytes_in_use" if peak_bytes is not None else "XLA estimate",
-            "device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__,
+            "device": f"{dev.device_kind} ({dev.platform})",
+            **({"cpu_convs": cpu_convs(a)} if dev.platform == "cpu" else {}), "jax": jax.__version__,
             "repeats": a.repeats, "warmup": a.warmup,
             **{k: v for k, v in extra.items() if v is not None}}
 
@@ -214,12 +217,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-only", action="store_true", help="stage1: compile the three variants, time nothing")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--cpu-convs", choices=("auto", *CONV_LIBRARIES), default="auto",
+                   help="XLA:CPU convolution library (semgan_jax/xla_cpu.py); auto: eigen for --width full, "
+                        "ynnpack (JAX's default) for narrow")
     p.add_argument("--json", help="append the result row to this JSON list file")
     return p
 
 
+def cpu_convs(a) -> str:
+    return a.cpu_convs if a.cpu_convs != "auto" else ("eigen" if a.width == "full" else "ynnpack")
+
+
 def main(argv=None) -> dict:
     a = build_parser().parse_args(argv)
+    use_cpu_conv_library(cpu_convs(a))
     r = BENCHES[a.what](a)
     report(r, a.json)
     return r

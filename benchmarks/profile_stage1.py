@@ -1,7 +1,7 @@
 """Where a stage-1 iteration's time goes: a `jax.profiler` trace of a few steps, summarised by
 XLA op (the trace's complete events on the executing threads), grouped into kinds.
 
-    python benchmarks/profile_stage1.py --size 64 --batch 8 [--variant plain|r1|path] [--steps 3]
+    python benchmarks/profile_stage1.py --size 64 --batch 8 [--variant plain|r1|path] [--profile-steps 3]
                                  [--trace-dir /tmp/semgan_profile] [--top 25] [--json out.json]
 
 Same networks and options as benchmarks/ours.py (--width, --dtype, --channel-multiplier). The
@@ -29,6 +29,7 @@ sys.path.insert(0, str(HERE))
 import ours  # noqa: E402
 from semgan_jax.parallel import make_mesh, replicated  # noqa: E402
 from semgan_jax.train import gan  # noqa: E402
+from semgan_jax.xla_cpu import use_cpu_conv_library  # noqa: E402
 
 # Events that are not XLA ops: host-side runtime and Python frames.
 NOT_OPS = re.compile(r"^(\$|Pjit|PjitFunction|CommonPjRt|Allocate|Handle inputs|ParseArguments|end: |"
@@ -67,10 +68,11 @@ def main(argv=None) -> dict:
     p = ours.build_parser()
     p.description = __doc__
     p.add_argument("--variant", choices=sorted(ours.STAGE1_VARIANTS), default="plain")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--profile-steps", type=int, default=3, help="steps traced after one warm-up")
     p.add_argument("--trace-dir", default="/tmp/semgan_profile")
     p.add_argument("--top", type=int, default=25)
     a = p.parse_args(argv)
+    use_cpu_conv_library(ours.cpu_convs(a))
     cfg, _ = ours.configs(a)
     models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
     mesh = make_mesh(1)
@@ -81,19 +83,19 @@ def main(argv=None) -> dict:
     call, _ = ours.run_donated(compiled, state, batch)
     call()  # warm-up
     jax.profiler.start_trace(a.trace_dir, create_perfetto_trace=True)
-    for _ in range(a.steps):
+    for _ in range(a.profile_steps):
         call()
     jax.profiler.stop_trace()
     trace = max(glob.glob(f"{a.trace_dir}/**/*.trace.json.gz", recursive=True), key=lambda f: Path(f).stat().st_mtime)
     s = summarise(trace, a.top)
-    s.update(trace=trace, size=a.size, batch=a.batch, width=a.width, dtype=a.dtype, variant=a.variant, steps=a.steps)
+    s.update(trace=trace, size=a.size, batch=a.batch, width=a.width, dtype=a.dtype, variant=a.variant, steps=a.profile_steps)
     print(f"stage-1 step ({a.variant}), {a.size} px, batch {a.batch}, {a.width}, {a.dtype}: "
-          f"{s['total_op_ms'] / a.steps:.0f} ms of XLA ops per step; trace {trace}")
+          f"{s['total_op_ms'] / a.profile_steps:.0f} ms of XLA ops per step; trace {trace}")
     for k, pct in s["kinds"].items():
         print(f"  {pct:5.1f}%  {k}")
     print(f"  top {a.top} ops:")
     for o in s["ops"]:
-        print(f"  {o['percent']:5.1f}%  {o['ms'] / a.steps:8.1f} ms/step  {o['op']}")
+        print(f"  {o['percent']:5.1f}%  {o['ms'] / a.profile_steps:8.1f} ms/step  {o['op']}")
     if a.json:
         Path(a.json).write_text(json.dumps(s, indent=1) + "\n")
     return s

@@ -15,6 +15,7 @@ from semgan_jax.perceptual.cli import register_fid, register_inception_stats
 from semgan_jax.segment import register_evaluate, register_segment
 from semgan_jax.train.commands import (register_evaluate_supervised, register_train_encoder, register_train_gan,
                                         register_train_supervised)
+from semgan_jax.xla_cpu import CONV_LIBRARIES, use_cpu_conv_library
 
 
 def register_prepare(subparsers) -> None:
@@ -66,6 +67,9 @@ REGISTRARS = [register_prepare, register_train_gan, register_train_encoder, regi
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="semgan", description="SemanticGAN in JAX/Flax")
+    parser.add_argument("--cpu-convs", choices=CONV_LIBRARIES,
+                        help="XLA:CPU convolution library (semgan_jax/xla_cpu.py): eigen is faster for "
+                             "full-width networks, ynnpack (JAX's default) for narrow ones")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for register in REGISTRARS:
         register(subparsers)
@@ -75,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.cpu_convs:
+        use_cpu_conv_library(args.cpu_convs)
     if getattr(args, "accepts_overrides", False):  # training commands: --config.FIELD=VALUE
         return args.handler(args, extra)
     if extra:

@@ -50,12 +50,13 @@ def _marker(draw, x, y, kind, r, fill):
 
 def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", ylabel: str = "",
                size: tuple[int, int] = (800, 500), y_range: tuple[float, float] = (0.0, 1.0),
-               y_step: float = 0.2, log_x: bool = True, scale: int = 2) -> None:
+               y_step: float = 0.2, log_x: bool = True, x_ticks=None, scale: int = 2) -> None:
     """A line chart as a PNG of `size` pixels, drawn with Pillow at `scale`x and downsampled.
 
     series: dicts with 'label', 'x', 'y' (equal-length lists), optional 'err' (error-bar half
     heights or None), 'color' (RGB), 'dashed' (bool) and 'marker' ('circle', 'square',
-    'triangle', 'diamond'). x ticks at the x values that occur; log x axis unless log_x=False."""
+    'triangle', 'diamond', or None for a bare line). x ticks at `x_ticks`, by default at the x values
+    that occur; log x axis unless log_x=False."""
     from PIL import Image, ImageDraw
 
     s = scale
@@ -91,7 +92,7 @@ def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", y
         draw.line([(x0, y), (x1, y)], fill=grey, width=s)
         draw.line([(x0 - 5 * s, y), (x0, y)], fill=axis, width=s)
         draw.text((x0 - 8 * s, y), f"{v:.1f}", fill=axis, font=small, anchor="rm")
-    for v in xs:  # x ticks at the data
+    for v in (xs if x_ticks is None else x_ticks):  # x ticks (default: at the data)
         x = px(v)
         draw.line([(x, y0), (x, y1)], fill=grey, width=s)
         draw.line([(x, y1), (x, y1 + 5 * s)], fill=axis, width=s)
@@ -124,7 +125,8 @@ def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", y
                 draw.line([(xa, ya), (xa, yb)], fill=color, width=s)
                 draw.line([(xa - 4 * s, ya), (xa + 4 * s, ya)], fill=color, width=s)
                 draw.line([(xa - 4 * s, yb), (xa + 4 * s, yb)], fill=color, width=s)
-            _marker(draw, px(x), py(y), ser.get("marker", "circle"), 4.5 * s, color)
+            if ser.get("marker", "circle"):
+                _marker(draw, px(x), py(y), ser.get("marker", "circle"), 4.5 * s, color)
 
     lx, ly = x1 + 18 * s, y0 + 6 * s  # legend, right of the plot
     for ser in series:
@@ -134,7 +136,8 @@ def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", y
             _dashed(draw, seg, color, 2 * s, 9 * s, 6 * s)
         else:
             draw.line(seg, fill=color, width=2 * s)
-        _marker(draw, lx + 17 * s, ly + 8 * s, ser.get("marker", "circle"), 4.5 * s, color)
+        if ser.get("marker", "circle"):
+            _marker(draw, lx + 17 * s, ly + 8 * s, ser.get("marker", "circle"), 4.5 * s, color)
         draw.text((lx + 42 * s, ly + 8 * s), ser["label"], fill=axis, font=small, anchor="lm")
         ly += 24 * s
     if not any(ser["x"] for ser in series):

@@ -88,3 +88,19 @@ def test_ours_times_a_tiny_encoder_iteration(tmp_path):
                    "--repeats", "2", "--warmup", "0", "--json", str(out)])
     assert r["images_per_s"] > 0 and r["gflop_per_iteration"] > 0 and r["compile_s"] > 0
     assert r["params"]["e"] > 0 and json.loads(out.read_text())[-1]["what"] == "encoder"
+
+
+def test_bf16_curves_summary_and_plot(tmp_path):
+    curves = importlib.import_module("bf16_curves")
+    assert curves.running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    rows = [{"step": 10 * (i + 1), "d_img": 1.0 + i, "d_seg": 2.0, "g": float("nan") if i == 0 else 0.5,
+             "skipped_updates": float(i > 2), "images_per_s": 10.0 + i} for i in range(8)]
+    s = curves.summarise(rows)
+    assert s["last_quarter_mean"]["d_img"] == pytest.approx(7.5)  # steps 70, 80
+    assert s["non_finite"] == {"d_img": 0, "d_seg": 0, "g": 1}
+    assert s["skipped_updates"] == 1.0 and s["images_per_s_median"] == 13.5 and s["logged_steps"] == 8
+    from semgan_jax.plot import plot_lines
+    plot_lines(tmp_path / "c.png", [{"label": "d_img fp32", "x": [10, 20, 30], "y": [1.0, 0.8, 0.9], "marker": None,
+                                     "color": (0, 0, 255)}], log_x=False, x_ticks=[0, 15, 30], y_range=(0.0, 1.5),
+               y_step=0.5)
+    assert Image.open(tmp_path / "c.png").size == (800, 500)

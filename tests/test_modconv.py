@@ -78,3 +78,33 @@ def test_transposed_conv_equals_scatter_definition():
 def test_unknown_impl_is_rejected():
     with pytest.raises(ValueError, match="impl"):
         modulated_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones((1, 2)), impl="fused")
+
+
+def test_zero_insert_upsampling_equals_the_phase_form_to_second_order():
+    """The path-length regulariser's form of G (UPSAMPLE_FORMS): same image, same gradient of the
+    penalty |J^T y| with respect to the parameters."""
+    from semgan_jax.models.generator import Generator
+
+    g = Generator(size=16, style_dim=16, n_mlp=2, seg_dim=2, channel_base=256, channel_max=16)
+    w = jax.random.normal(jax.random.PRNGKey(0), (2, g.n_latent, 16))
+    params = g.init(jax.random.PRNGKey(1), w, input_is_latent=True, randomize_noise=False)["params"]
+    y = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 3))
+
+    def penalty(form):
+        net = g.clone(upsample_form=form)
+
+        def pen(p):
+            synth = lambda w: net.apply({"params": p}, w, input_is_latent=True, rngs={"noise": jax.random.PRNGKey(3)})[0]
+            img, vjp = jax.vjp(synth, w)
+            return jnp.sum(vjp(y)[0] ** 2), img
+        return jax.value_and_grad(pen, has_aux=True)(params)
+
+    (v, img), grads = penalty("phases")
+    (v_z, img_z), grads_z = penalty("zero_insert")
+    np.testing.assert_allclose(img_z, img, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v_z, v, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(grads_z), jax.tree.leaves(grads)):  # f32, summed in other orders
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(np.max(np.abs(b))))
+    with pytest.raises(ValueError, match="upsample_form"):
+        modulated_conv(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 2)), jnp.ones((1, 2)), upsample=True,
+                       upsample_form="nearest")

@@ -209,3 +209,37 @@ def test_full_width_256px_forward():
     assert feats[0][-1].shape == (2, 35, 35, 1)
     e = FPNEncoder(size=256, n_latent=14)
     assert jax.jit(e.apply)(e.init(KEY, img), img).shape == (2, 14, 512)
+
+
+@pytest.mark.parametrize("k,pad", [(3, 0), (1, 0), (4, 2), (4, 1)])
+def test_subsampled_strided_conv_equals_the_strided_conv_to_second_order(k, pad):
+    from semgan_jax.nn.conv import conv2d
+
+    rng = np.random.default_rng(k + pad)
+    x = jnp.asarray(rng.normal(size=(2, 10, 10, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+
+    def r1(sub):  # R1's shape: the weight gradient of a penalty on the input gradient
+        def pen(w):
+            gx = jax.grad(lambda x: jnp.sum(jnp.tanh(conv2d(x, w, 2, pad, subsample_strides=sub))))(x)
+            return jnp.sum(gx ** 2)
+        return jax.value_and_grad(pen)(w)
+
+    y, y_sub = conv2d(x, w, 2, pad), conv2d(x, w, 2, pad, subsample_strides=True)
+    assert y.shape == y_sub.shape == (2, (10 + 2 * pad - k) // 2 + 1, (10 + 2 * pad - k) // 2 + 1, 4)
+    np.testing.assert_allclose(y_sub, y, rtol=1e-5, atol=1e-5)
+    (v, g), (v_sub, g_sub) = r1(False), r1(True)
+    np.testing.assert_allclose(v_sub, v, rtol=1e-5)
+    np.testing.assert_allclose(g_sub, g, rtol=1e-4, atol=1e-4)
+
+
+def test_discriminators_in_subsample_form_give_the_same_numbers():
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
+    dr = ImageDiscriminator(size=16, channel_base=256, channel_max=16)
+    p = dr.init(jax.random.PRNGKey(1), x)
+    np.testing.assert_allclose(dr.clone(subsample_strides=True).apply(p, x), dr.apply(p, x), rtol=1e-5, atol=1e-5)
+    xm = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 5))
+    dm = MaskDiscriminator(ndf=8, max_channels=16)
+    v = dm.init(jax.random.PRNGKey(3), xm)
+    for a, b in zip(jax.tree.leaves(dm.clone(subsample_strides=True).apply(v, xm)), jax.tree.leaves(dm.apply(v, xm))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

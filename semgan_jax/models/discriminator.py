@@ -30,6 +30,7 @@ class ResidualTrunk(nn.Module):
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     stddev_group: int = 4
     dtype: Any = jnp.float32
+    subsample_strides: bool = False  # nn.conv.conv2d's form of the strided convs (R1 on the CPU)
 
     @nn.compact
     def __call__(self, x):
@@ -39,7 +40,8 @@ class ResidualTrunk(nn.Module):
         log = log2_size(self.size)
         x = ConvLayer(ch(self.size), 1, dtype=self.dtype, name="convs_0")(x)
         for j, i in enumerate(range(log, 2, -1)):
-            x = ResBlock(ch(2 ** (i - 1)), self.blur_kernel, dtype=self.dtype, name=f"convs_{j + 1}")(x)
+            x = ResBlock(ch(2 ** (i - 1)), self.blur_kernel, dtype=self.dtype,
+                         subsample_strides=self.subsample_strides, name=f"convs_{j + 1}")(x)
         x = minibatch_stddev(x, self.stddev_group)
         x = ConvLayer(ch(4), 3, dtype=self.dtype, name="final_conv")(x)
         return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
@@ -54,11 +56,12 @@ class ImageDiscriminator(nn.Module):
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     stddev_group: int = 4
     dtype: Any = jnp.float32
+    subsample_strides: bool = False  # nn.conv.conv2d's form of the strided convs (R1 on the CPU)
 
     @nn.compact
     def __call__(self, x):
         h = ResidualTrunk(self.size, self.channel_multiplier, self.channel_base, self.channel_max,
-                          self.blur_kernel, self.stddev_group, self.dtype, name="trunk")(x)
+                          self.blur_kernel, self.stddev_group, self.dtype, self.subsample_strides, name="trunk")(x)
         c4 = channels_at(4, self.channel_multiplier, self.channel_base, self.channel_max)
         h = EqualDense(c4, activation="lrelu", dtype=self.dtype, name="final_linear_0")(h)
         return EqualDense(1, dtype=self.dtype, name="final_linear_1")(h).astype(jnp.float32)
@@ -88,15 +91,17 @@ class PatchDiscriminator(nn.Module):
     n_layers: int = 3
     max_channels: int = 512
     dtype: Any = jnp.float32
+    subsample_strides: bool = False  # nn.conv.conv2d's form of the strided convs (R1 on the CPU)
 
     @nn.compact
     def __call__(self, x, update_stats: bool = False):
-        feats = [_lrelu(Conv2d(self.ndf, 4, 2, 2, dtype=self.dtype, name="model0")(x))]
+        sub = self.subsample_strides
+        feats = [_lrelu(Conv2d(self.ndf, 4, 2, 2, dtype=self.dtype, subsample_strides=sub, name="model0")(x))]
         nf = self.ndf
         for n in range(1, self.n_layers + 1):
             nf = min(nf * 2, self.max_channels)
             stride = 2 if n < self.n_layers else 1
-            h = SpectralConv2d(nf, 4, stride, 2, use_bias=False, dtype=self.dtype,
+            h = SpectralConv2d(nf, 4, stride, 2, use_bias=False, dtype=self.dtype, subsample_strides=sub,
                                name=f"model{n}")(feats[-1], update_stats)
             feats.append(_lrelu(instance_norm(h)))
         feats.append(Conv2d(1, 4, 1, 2, dtype=self.dtype, name=f"model{self.n_layers + 1}")(feats[-1]))
@@ -115,12 +120,13 @@ class MaskDiscriminator(nn.Module):
     num_d: int = 3
     max_channels: int = 512
     dtype: Any = jnp.float32
+    subsample_strides: bool = False  # nn.conv.conv2d's form of the strided convs (R1 on the CPU)
 
     @nn.compact
     def __call__(self, x, update_stats: bool = False):
         out = []
         for i in range(self.num_d):
-            d = PatchDiscriminator(self.ndf, self.n_layers, self.max_channels, self.dtype,
+            d = PatchDiscriminator(self.ndf, self.n_layers, self.max_channels, self.dtype, self.subsample_strides,
                                    name=f"scale{self.num_d - 1 - i}")
             out.append(d(x, update_stats))
             if i != self.num_d - 1:

@@ -47,11 +47,12 @@ class StyledConv(nn.Module):
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     impl: str = "input_scaling"
     dtype: Any = jnp.float32
+    upsample_form: str = "phases"
 
     @nn.compact
     def __call__(self, x, style, noise):
-        x = ModulatedConv(self.features, self.kernel_size, upsample=self.upsample,
-                          blur_kernel=self.blur_kernel, impl=self.impl, dtype=self.dtype, name="conv")(x, style)
+        x = ModulatedConv(self.features, self.kernel_size, upsample=self.upsample, blur_kernel=self.blur_kernel,
+                          impl=self.impl, dtype=self.dtype, upsample_form=self.upsample_form, name="conv")(x, style)
         x = NoiseInjection(name="noise")(x, noise)
         return FusedLeakyReLU(name="activate")(x)
 
@@ -97,18 +98,20 @@ class SynthesisNetwork(nn.Module):
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     impl: str = "input_scaling"
     dtype: Any = jnp.float32
+    upsample_form: str = "phases"
 
     @nn.compact
     def __call__(self, latent, noise):
         ch = lambda r: channels_at(r, self.channel_multiplier, self.channel_base, self.channel_max)  # noqa: E731
         kw = dict(blur_kernel=self.blur_kernel, impl=self.impl, dtype=self.dtype)
+        up = dict(kw, upsample_form=self.upsample_form)
         out = ConstantInput(ch(4), name="input")(latent.shape[0]).astype(self.dtype)
         out = StyledConv(ch(4), name="conv1", **kw)(out, latent[:, 0], noise[0])
         skip_rgb = ToOutput(self.image_channels, name="to_rgb1", **kw)(out, latent[:, 1])
         skip_seg = ToOutput(self.seg_dim, name="to_seg1", **kw)(out, latent[:, 1])
         for j in range(log2_size(self.size) - 2):
             res, i = 2 ** (j + 3), 2 * j + 1
-            out = StyledConv(ch(res), upsample=True, name=f"convs_{2 * j}", **kw)(out, latent[:, i], noise[i])
+            out = StyledConv(ch(res), upsample=True, name=f"convs_{2 * j}", **up)(out, latent[:, i], noise[i])
             out = StyledConv(ch(res), name=f"convs_{2 * j + 1}", **kw)(out, latent[:, i + 1], noise[i + 1])
             skip_rgb = ToOutput(self.image_channels, name=f"to_rgbs_{j}", **kw)(out, latent[:, i + 2], skip_rgb)
             skip_seg = ToOutput(self.seg_dim, name=f"to_segs_{j}", **kw)(out, latent[:, i + 2], skip_seg)
@@ -120,7 +123,8 @@ class Generator(nn.Module):
 
     Attributes mirror the reference: size, style_dim=512, n_mlp=8, seg_dim, image_channels
     (3 = 'RGB', 1 = 'L'), channel_multiplier=2, lr_mlp=0.01, blur_kernel; plus channel_base /
-    channel_max (width cap), `impl` (modulated-conv form) and `dtype` (compute dtype; params f32).
+    channel_max (width cap), `impl` (modulated-conv form), `dtype` (compute dtype; params f32) and
+    `upsample_form` (the upsampling convs' form, nn.modconv.UPSAMPLE_FORMS: same numbers).
     """
     size: int = 256
     style_dim: int = 512
@@ -134,6 +138,7 @@ class Generator(nn.Module):
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     impl: str = "input_scaling"
     dtype: Any = jnp.float32
+    upsample_form: str = "phases"
 
     @property
     def n_latent(self) -> int:
@@ -148,7 +153,7 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(self.style_dim, self.n_mlp, self.lr_mlp)
         self.synthesis = SynthesisNetwork(
             self.size, self.seg_dim, self.image_channels, self.channel_multiplier, self.channel_base,
-            self.channel_max, self.blur_kernel, self.impl, self.dtype)
+            self.channel_max, self.blur_kernel, self.impl, self.dtype, self.upsample_form)
         self.const_noise = []  # optional: applying with 'params' alone is fine with fresh noise
         if self.is_initializing() or self.has_variable("noises", "noise_0"):
             self.const_noise = [

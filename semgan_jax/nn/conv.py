@@ -26,11 +26,25 @@ def torch_uniform(fan_in: int):
     return init
 
 
-def conv2d(x, w, stride: int = 1, padding: int = 0, dtype=None):
-    """Cross-correlation of NHWC x with HWIO w, symmetric zero padding."""
+def conv2d(x, w, stride: int = 1, padding: int = 0, dtype=None, subsample_strides: bool = False):
+    """Cross-correlation of NHWC x with HWIO w, symmetric zero padding.
+
+    subsample_strides: compute a strided conv as the stride-1 conv with padding max(padding, k // 2),
+    cropped and subsampled: the same numbers with stride x stride the FLOPs, but every derivative
+    of it, second order included, stays a plain convolution. XLA:CPU runs the second-order weight
+    gradient of a strided (or unpadded) conv, which R1 needs, on a slow generic path (about 4x
+    slower per call at 32 px, 256 channels, than this form; benchmarks/RESULTS.md)."""
     dtype = dtype or x.dtype
-    return jax.lax.conv_general_dilated(x.astype(dtype), w.astype(dtype), (stride, stride),
-                                        [(padding, padding)] * 2, dimension_numbers=_DN)
+    x, w = x.astype(dtype), w.astype(dtype)
+    if stride == 1 or not subsample_strides:
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
+                                            dimension_numbers=_DN)
+    k = w.shape[0]
+    q = max(padding, k // 2)
+    oh, ow = ((n + 2 * padding - k) // stride + 1 for n in x.shape[1:3])
+    y = jax.lax.conv_general_dilated(x, w, (1, 1), [(q, q)] * 2, dimension_numbers=_DN)
+    o = q - padding
+    return y[:, o:o + stride * (oh - 1) + 1:stride, o:o + stride * (ow - 1) + 1:stride]
 
 
 class Conv2d(nn.Module):
@@ -41,13 +55,14 @@ class Conv2d(nn.Module):
     padding: int = 0
     use_bias: bool = True
     dtype: Any = jnp.float32
+    subsample_strides: bool = False  # see conv2d
 
     @nn.compact
     def __call__(self, x):
         k, cin = self.kernel_size, x.shape[-1]
         fan_in = cin * k * k
         w = self.param("weight", torch_uniform(fan_in), (k, k, cin, self.features))
-        y = conv2d(x, w, self.stride, self.padding, self.dtype)
+        y = conv2d(x, w, self.stride, self.padding, self.dtype, self.subsample_strides)
         if self.use_bias:
             y = y + self.param("bias", torch_uniform(fan_in), (self.features,)).astype(y.dtype)
         return y
@@ -70,6 +85,7 @@ class SpectralConv2d(nn.Module):
     padding: int = 0
     use_bias: bool = True
     dtype: Any = jnp.float32
+    subsample_strides: bool = False  # see conv2d
 
     @nn.compact
     def __call__(self, x, update_stats: bool = False):
@@ -88,7 +104,7 @@ class SpectralConv2d(nn.Module):
             uu = _l2_normalize(wm @ vv)
             u.value, v.value = uu, vv
         sigma = jnp.dot(jax.lax.stop_gradient(uu), w_mat @ jax.lax.stop_gradient(vv))
-        y = conv2d(x, w / sigma, self.stride, self.padding, self.dtype)
+        y = conv2d(x, w / sigma, self.stride, self.padding, self.dtype, self.subsample_strides)
         if self.use_bias:
             y = y + self.param("bias", torch_uniform(fan_in), (self.features,)).astype(y.dtype)
         return y

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from semgan_jax.nn.conv import conv2d
 from semgan_jax.nn.upfirdn import blur, fir_pads
 
 SQRT2 = math.sqrt(2.0)
@@ -78,15 +79,14 @@ class EqualConv(nn.Module):
     padding: int = 0
     use_bias: bool = True
     dtype: Dtype = jnp.float32
+    subsample_strides: bool = False  # see nn.conv.conv2d
 
     @nn.compact
     def __call__(self, x):
         k, cin = self.kernel_size, x.shape[-1]
         w = self.param("weight", nn.initializers.normal(1.0), (k, k, cin, self.features))
         scale = 1.0 / math.sqrt(cin * k * k)
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype), (w * scale).astype(self.dtype), (self.stride,) * 2,
-            [(self.padding, self.padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv2d(x, w * scale, self.stride, self.padding, self.dtype, self.subsample_strides)
         if self.use_bias:
             y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
         return y
@@ -114,6 +114,7 @@ class ConvLayer(nn.Module):
     use_bias: bool = True
     activate: bool = True
     dtype: Dtype = jnp.float32
+    subsample_strides: bool = False  # see nn.conv.conv2d
 
     @nn.compact
     def __call__(self, x):
@@ -122,8 +123,8 @@ class ConvLayer(nn.Module):
             stride, padding = 2, 0
         else:
             stride, padding = 1, self.kernel_size // 2
-        x = EqualConv(self.features, self.kernel_size, stride, padding,
-                      use_bias=self.use_bias and not self.activate, dtype=self.dtype, name="conv")(x)
+        x = EqualConv(self.features, self.kernel_size, stride, padding, use_bias=self.use_bias and not self.activate,
+                      dtype=self.dtype, subsample_strides=self.subsample_strides, name="conv")(x)
         if self.activate:
             x = FusedLeakyReLU(self.use_bias, name="act")(x)
         return x
@@ -134,15 +135,16 @@ class ResBlock(nn.Module):
     features: int
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     dtype: Dtype = jnp.float32
+    subsample_strides: bool = False  # see nn.conv.conv2d
 
     @nn.compact
     def __call__(self, x):
         cin = x.shape[-1]
         out = ConvLayer(cin, 3, dtype=self.dtype, name="conv1")(x)
         out = ConvLayer(self.features, 3, downsample=True, blur_kernel=self.blur_kernel,
-                        dtype=self.dtype, name="conv2")(out)
-        skip = ConvLayer(self.features, 1, downsample=True, blur_kernel=self.blur_kernel,
-                         activate=False, use_bias=False, dtype=self.dtype, name="skip")(x)
+                        dtype=self.dtype, subsample_strides=self.subsample_strides, name="conv2")(out)
+        skip = ConvLayer(self.features, 1, downsample=True, blur_kernel=self.blur_kernel, activate=False,
+                         use_bias=False, dtype=self.dtype, subsample_strides=self.subsample_strides, name="skip")(x)
         return (out + skip) / SQRT2
 
 

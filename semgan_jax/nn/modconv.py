@@ -26,6 +26,12 @@ from semgan_jax.nn.layers import EqualDense
 from semgan_jax.nn.upfirdn import blur, fir_pads
 
 IMPLS = ("input_scaling", "grouped")
+# The input-scaling form's stride-2 transposed conv: 'phases' (conv_transpose_2x: four small dense
+# convs, no zeros multiplied; the fastest forward and first-order gradients) or 'zero_insert'
+# (zeros inserted, then one 'same'-padded conv: 4x the FLOPs, but its second-order gradients, which
+# the path-length regulariser takes, stay plain convs; XLA:CPU runs those of the phase convs'
+# unpadded windows on a slow generic path).
+UPSAMPLE_FORMS = ("phases", "zero_insert")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -68,8 +74,19 @@ def conv_transpose_2x(x, w):
     return y[:, :2 * h + k - 2, :2 * wd + k - 2]
 
 
+def conv_transpose_2x_zero_insert(x, w):
+    """conv_transpose_2x's numbers as zero insertion + one 'same'-padded conv (see UPSAMPLE_FORMS).
+    (N, H, W, in), (k, k, in, out), k odd -> (N, 2H + k - 2, 2W + k - 2, out)."""
+    k = w.shape[0]
+    if k % 2 == 0:
+        raise ValueError(f"the zero_insert upsampling form needs an odd kernel, got {k}")
+    q = k // 2  # x[m] at 2m + q of a (2H - 1 + 2q)-long zero-filled axis, then a 'same' conv
+    xz = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (q, q, 1), (q, q, 1), (0, 0, 0)))
+    return jax.lax.conv_general_dilated(xz, w[::-1, ::-1], (1, 1), [(q, q)] * 2, dimension_numbers=_DN)
+
+
 def modulated_conv(x, weight, styles, *, demodulate=True, upsample=False, impl="input_scaling",
-                   eps=1e-8, dtype=None):
+                   eps=1e-8, dtype=None, upsample_form="phases"):
     """Functional modulated conv, without the up-sampling blur.
 
     Args:
@@ -84,7 +101,12 @@ def modulated_conv(x, weight, styles, *, demodulate=True, upsample=False, impl="
     styles = styles.astype(jnp.float32)
     if impl == "input_scaling":
         xs, w = (x * styles[:, None, None, :]).astype(dtype), weight.astype(dtype)
-        y = conv_transpose_2x(xs, w) if upsample else _conv(xs, w, False)
+        if upsample_form not in UPSAMPLE_FORMS:
+            raise ValueError(f"upsample_form must be one of {UPSAMPLE_FORMS}, got {upsample_form!r}")
+        if not upsample:
+            y = _conv(xs, w, False)
+        else:
+            y = (conv_transpose_2x if upsample_form == "phases" else conv_transpose_2x_zero_insert)(xs, w)
         if demodulate:
             wsq = jnp.sum(jnp.square(weight.astype(jnp.float32)), axis=(0, 1))      # (in, out)
             d = jax.lax.rsqrt(jnp.square(styles) @ wsq + eps)                        # (N, out)
@@ -114,6 +136,7 @@ class ModulatedConv(nn.Module):
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     impl: str = "input_scaling"
     dtype: Any = jnp.float32
+    upsample_form: str = "phases"  # UPSAMPLE_FORMS (input_scaling only)
 
     @nn.compact
     def __call__(self, x, style):
@@ -121,7 +144,7 @@ class ModulatedConv(nn.Module):
         weight = self.param("weight", nn.initializers.normal(1.0), (k, k, cin, self.features))
         s = EqualDense(cin, bias_init=1.0, name="modulation")(style)
         y = modulated_conv(x, weight / math.sqrt(cin * k * k), s, demodulate=self.demodulate,
-                           upsample=self.upsample, impl=self.impl, dtype=self.dtype)
+                           upsample=self.upsample, impl=self.impl, dtype=self.dtype, upsample_form=self.upsample_form)
         if self.upsample:
             y = blur(y, self.blur_kernel, fir_pads(len(self.blur_kernel), 2, k, "up_conv"), gain=4.0)
         return y

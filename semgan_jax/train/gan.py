@@ -15,10 +15,12 @@ One iteration (`train_step`, a single jitted function of (state, batch)):
 Every optimiser update is refused when its loss or a gradient is non-finite (train/guard.py);
 `state.health` records which, and the loop stops or skips as `train.on_nonfinite` says.
 Whether an iteration regularises is static (`d_reg`, `g_reg`, decided on the host from the step
-counter, as the reference does): the loop runs one of at most three compiled variants, each one
-jit. (A `lax.cond` on the step would keep one program, but XLA:CPU runs conditional branches
-about 7x slower than the same code outside a conditional.) Dm's spectral-norm vectors are threaded through every train-mode call in the
-reference's order (Dm step: fake, real; R1: real; G step: fake, real).
+counter, as the reference does): the loop runs one of at most four compiled variants, each one
+jit. (A `lax.cond` on the step would keep one program, but XLA:CPU runs a conditional branch
+holding convolutions up to ~90x slower than the same code outside one.) R1 and path length run
+the networks' clones in `models` (`d_img_r1`, `d_seg_r1`, `g_path`: same parameters and numbers,
+convs in the form `model.reg_conv_form` picks). Dm's spectral-norm vectors are threaded through
+every train-mode call in the reference's order (Dm step: fake, real; R1: real; G step: fake, real).
 
 Batch statistics that the reference computes per GPU (minibatch-stddev groups, the path-length
 running mean) are defined here on the global batch, so N devices compute exactly what one
@@ -74,6 +76,9 @@ class GANModels:
     g_tx: optax.GradientTransformation
     d_img_tx: optax.GradientTransformation
     d_seg_tx: optax.GradientTransformation
+    d_img_r1: ImageDiscriminator  # Dr, Dm as R1 runs them and G as path length runs it: same
+    d_seg_r1: MaskDiscriminator   # params and numbers, the convs in the form `model.reg_conv_form`
+    g_path: Generator             # picks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +115,10 @@ def default_config():
         channel_base=0,               # 0 = the reference channel table; else stylegan2-ada's base
         channel_max=512, lr_mlp=0.01, modconv_impl="input_scaling",
         dm_ndf=64, dm_n_layers=3, dm_num_d=3, dm_max_channels=512,
-        dtype="float32"))             # compute dtype; "bfloat16" = mixed precision (params f32)
+        dtype="float32",              # compute dtype; "bfloat16" = mixed precision (params f32)
+        reg_conv_form="auto"))        # convs inside R1 and path length: "direct" | "dense" (same numbers;
+                                      # Dr / Dm strided convs subsampled, G's upsampling convs zero-inserted,
+                                      # so XLA:CPU's second-order gradients stay fast) | "auto" (CPU: dense)
     c.train = ml_collections.ConfigDict(dict(
         iterations=800_000, batch_size=16, lr=0.002, r1=10.0, path_regularize=2.0, path_batch_shrink=2,
         d_reg_every=16, g_reg_every=4, mixing=0.9, lambda_dseg_feat=2.0, ema_decay=0.5 ** (32 / 10000),
@@ -141,8 +149,13 @@ def build_models(model_cfg, lr: float, d_reg_every: int, g_reg_every: int) -> GA
                                dtype=dtype)
     d_seg = MaskDiscriminator(ndf=model_cfg.dm_ndf, n_layers=model_cfg.dm_n_layers, num_d=model_cfg.dm_num_d,
                               max_channels=model_cfg.dm_max_channels, dtype=dtype)
+    form = model_cfg.get("reg_conv_form", "auto")
+    if form not in ("auto", "direct", "dense"):
+        raise ValueError(f"model.reg_conv_form must be auto, direct or dense, got {form!r}")
+    dense = form == "dense" or (form == "auto" and jax.default_backend() == "cpu")
     return GANModels(g, d_img, d_seg, lazy_adam(lr, g_reg_every), lazy_adam(lr, d_reg_every),
-                     lazy_adam(lr, d_reg_every))
+                     lazy_adam(lr, d_reg_every), d_img.clone(subsample_strides=dense),
+                     d_seg.clone(subsample_strides=dense), g.clone(upsample_form="zero_insert" if dense else "phases"))
 
 
 def hparams_from_config(train_cfg) -> GANHParams:
@@ -187,10 +200,10 @@ def generate(models: GANModels, params, key, batch: int, prob: float, return_lat
                           return_latents=return_latents)
 
 
-def _dm(models, params, spectral, x):
-    """Dm in train mode: (features, new spectral state)."""
-    feats, new = models.d_seg.apply({"params": params, "spectral": spectral}, x, update_stats=True,
-                                    mutable=["spectral"])
+def _dm(models, params, spectral, x, net=None):
+    """Dm (or `net`, a form of it) in train mode: (features, new spectral state)."""
+    feats, new = (net or models.d_seg).apply({"params": params, "spectral": spectral}, x, update_stats=True,
+                                             mutable=["spectral"])
     return feats, new["spectral"]
 
 
@@ -250,14 +263,14 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
             return jax.tree.map(lambda g: g * weight, grads)
 
         def r1_img(p):
-            return losses.r1_penalty(lambda x: models.d_img.apply({"params": p}, x), real_img)
+            return losses.r1_penalty(lambda x: models.d_img_r1.apply({"params": p}, x), real_img)
 
         r1_i, grads = jax.value_and_grad(r1_img)(d_img)
         d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads), d_img_opt, d_img, r1_i)
 
         def r1_seg(p):
             def d_fn(x):
-                feats, new_spectral = _dm(models, p, spectral, x)
+                feats, new_spectral = _dm(models, p, spectral, x, models.d_seg_r1)
                 return losses.multiscale_r1_output(feats), new_spectral
             return losses.r1_penalty(d_fn, real_seg_in, has_aux=True)
 
@@ -299,7 +312,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
             w_plus = models.g.apply({"params": p}, z, inject_index=inject, method=Generator.w_plus)
 
             def synth(w):
-                return models.g.apply({"params": p}, w, input_is_latent=True, rngs={"noise": k_noise})[0]
+                return models.g_path.apply({"params": p}, w, input_is_latent=True, rngs={"noise": k_noise})[0]
 
             penalty, new_mean, lengths = losses.path_length_penalty(synth, w_plus, mean_path_length, k_path_noise)
             return hp.path_regularize * hp.g_reg_every * penalty, (penalty, new_mean, lengths)
