@@ -4,10 +4,11 @@ optimiser state), with the losses drawn side by side.
 
     python benchmarks/bf16_curves.py --iterations 1000 --out benchmarks/results/bf16
     options: --config experiments/synthetic_32.py  --smooth 10 (logged points per running mean)
+             --max-minutes M (each run stops there, with a checkpoint, if not done)
 
 Writes OUT/bf16_curves.png (Dr, Dm and G losses against iterations: fp32 solid, bf16 dashed;
-running means), OUT/bf16_curves.json (per dtype: the mean of each loss over the last quarter,
-non-finite counts, skipped updates, images/s) and keeps both runs' workdirs (metrics.jsonl,
+running means), OUT/bf16_curves.json (per dtype, over the iterations both runs reached: the mean
+of each loss over the last quarter, non-finite counts, skipped updates, images/s) and keeps both runs' workdirs (metrics.jsonl,
 samples) under OUT.
 """
 
@@ -35,7 +36,7 @@ def train(a, dtype: str) -> Path:
     if not (workdir / "metrics.jsonl").is_file():
         cli.main(["train-gan", "--config", str(a.config), "--workdir", str(workdir),
                   f"--config.model.dtype={dtype}", f"--config.train.iterations={a.iterations}",
-                  f"--config.seed={a.seed}"])
+                  f"--config.seed={a.seed}", f"--config.log.max_minutes={a.max_minutes}"])
     return workdir
 
 
@@ -67,6 +68,7 @@ def main(argv=None) -> dict:
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smooth", type=int, default=10)
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop each run after this wall time (0: none)")
     p.add_argument("--out", default="benchmarks/results/bf16")
     a = p.parse_args(argv)
     out = Path(a.out)
@@ -79,14 +81,17 @@ def main(argv=None) -> dict:
                            "y": running_mean([v for _, v in pts], a.smooth), "color": color,
                            "dashed": dtype == "bfloat16", "marker": None})
     top = max(max(s["y"]) for s in series if s["y"])
-    ticks = [round(a.iterations * k / 5) for k in range(6)]
+    last = max(max(s["x"]) for s in series if s["x"])
+    ticks = [round(last * k / 4) for k in range(5)]
     plot_lines(out / "bf16_curves.png", series, title="Stage-1 losses on synthetic 32 px: fp32 (solid) vs bf16 (dashed)",
                xlabel="iteration", ylabel=f"loss (running mean of {a.smooth} logged points)", log_x=False,
                x_ticks=ticks, y_range=(0.0, math.ceil(top * 2) / 2), y_step=0.5)
-    summary = {dtype: summarise(rows) for dtype, rows in runs.items()}
+    common = min(rows[-1]["step"] for rows in runs.values())  # runs cut by --max-minutes end apart
+    summary = {dtype: summarise([r for r in rows if r["step"] <= common]) for dtype, rows in runs.items()}
+    summary["compared_up_to_step"] = common
     (out / "bf16_curves.json").write_text(json.dumps(summary, indent=1) + "\n")
-    for dtype, s in summary.items():
-        print(dtype, json.dumps(s))
+    for key, value in summary.items():
+        print(key, json.dumps(value))
     return summary
 
 

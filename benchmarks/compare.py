@@ -51,7 +51,7 @@ PRESETS = {
         *[case("stage1", 64, b, group=SWEEP, repeats=3) for b in (2, 4, 16)],
         case("stage1", 256, 16, impls=("ours",), group="compile", compile_only=True),
     ],
-    # the CPU target alone (about 12 minutes on 2 cores, most of it the official code)
+    # the CPU target alone (about 20 minutes on 2 cores: official 12, ours 8.5)
     "cpu-target": [case("stage1", 64, 8, repeats=2)],
     "gpu": [
         case("stage1", 256, 16),

@@ -92,7 +92,7 @@ def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", y
         draw.line([(x0, y), (x1, y)], fill=grey, width=s)
         draw.line([(x0 - 5 * s, y), (x0, y)], fill=axis, width=s)
         draw.text((x0 - 8 * s, y), f"{v:.1f}", fill=axis, font=small, anchor="rm")
-    for v in (xs if x_ticks is None else x_ticks):  # x ticks (default: at the data)
+    for v in (xs if x_ticks is None else [t for t in x_ticks if lo <= fx(t) <= hi]):  # default: at the data
         x = px(v)
         draw.line([(x, y0), (x, y1)], fill=grey, width=s)
         draw.line([(x, y1), (x, y1 + 5 * s)], fill=axis, width=s)
