@@ -193,8 +193,8 @@ def row(a, ms_iteration, flops, compile_s, xla_bytes, stats, **extra) -> dict:
             "peak_tflops": peak / 1e12, "mfu_percent": 100 * achieved / peak,
             "peak_memory_mib": (peak_bytes if peak_bytes is not None else xla_bytes) / 2 ** 20,
             "memory_source": "device peak_bytes_in_use" if peak_bytes is not None else "XLA estimate",
-            "device": f"{dev.device_kind} ({dev.platform})",
-            **({"cpu_convs": cpu_convs(a)} if dev.platform == "cpu" else {}), "jax": jax.__version__,
+            "device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__,
+            **({"cpu_convs": cpu_convs(a)} if dev.platform == "cpu" else {}),
             "repeats": a.repeats, "warmup": a.warmup,
             **{k: v for k, v in extra.items() if v is not None}}
 
