@@ -1,5 +1,5 @@
-"""Is bf16 training stable? Stage 1 on the built-in synthetic data (generated in memory) twice from the same seed,
-`model.dtype=float32` and `model.dtype=bfloat16` (bf16 compute, f32 params, losses and
+"""Is bf16 training stable? Stage 1 on the built-in synthetic data (generated in memory) twice
+from the same seed, `model.dtype=float32` and `model.dtype=bfloat16` (bf16 compute, f32 params, losses and
 optimiser state), with the losses drawn side by side.
 
     python benchmarks/bf16_curves.py --iterations 1000 --out benchmarks/results/bf16
@@ -8,8 +8,9 @@ optimiser state), with the losses drawn side by side.
 
 Writes OUT/bf16_curves.png (Dr, Dm and G losses against iterations: fp32 solid, bf16 dashed;
 running means), OUT/bf16_curves.json (per dtype, over the iterations both runs reached: the mean
-of each loss over the last quarter, non-finite counts, skipped updates, images/s) and keeps both runs' workdirs (metrics.jsonl,
-samples) under OUT.
+of each loss over the last quarter, non-finite counts, skipped updates, images/s) and keeps both
+runs' workdirs (metrics.jsonl, samples) under OUT; a workdir that already holds metrics.jsonl is
+read, not trained again (delete it to rerun).
 """
 
 from __future__ import annotations

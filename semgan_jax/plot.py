@@ -37,6 +37,9 @@ def _dashed(draw, points, fill, width, dash, gap):
 
 
 def _marker(draw, x, y, kind, r, fill):
+    """A point marker of `kind` (None: none)."""
+    if kind is None:
+        return
     box = [x - r, y - r, x + r, y + r]
     if kind == "square":
         draw.rectangle(box, fill=fill)
@@ -125,8 +128,7 @@ def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", y
                 draw.line([(xa, ya), (xa, yb)], fill=color, width=s)
                 draw.line([(xa - 4 * s, ya), (xa + 4 * s, ya)], fill=color, width=s)
                 draw.line([(xa - 4 * s, yb), (xa + 4 * s, yb)], fill=color, width=s)
-            if ser.get("marker", "circle"):
-                _marker(draw, px(x), py(y), ser.get("marker", "circle"), 4.5 * s, color)
+            _marker(draw, px(x), py(y), ser.get("marker", "circle"), 4.5 * s, color)
 
     lx, ly = x1 + 18 * s, y0 + 6 * s  # legend, right of the plot
     for ser in series:
@@ -136,8 +138,7 @@ def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", y
             _dashed(draw, seg, color, 2 * s, 9 * s, 6 * s)
         else:
             draw.line(seg, fill=color, width=2 * s)
-        if ser.get("marker", "circle"):
-            _marker(draw, lx + 17 * s, ly + 8 * s, ser.get("marker", "circle"), 4.5 * s, color)
+        _marker(draw, lx + 17 * s, ly + 8 * s, ser.get("marker", "circle"), 4.5 * s, color)
         draw.text((lx + 42 * s, ly + 8 * s), ser["label"], fill=axis, font=small, anchor="lm")
         ly += 24 * s
     if not any(ser["x"] for ser in series):

@@ -76,9 +76,11 @@ class GANModels:
     g_tx: optax.GradientTransformation
     d_img_tx: optax.GradientTransformation
     d_seg_tx: optax.GradientTransformation
-    d_img_r1: ImageDiscriminator  # Dr, Dm as R1 runs them and G as path length runs it: same
-    d_seg_r1: MaskDiscriminator   # params and numbers, the convs in the form `model.reg_conv_form`
-    g_path: Generator             # picks
+    # Dr and Dm as R1 runs them, G as path length runs it: the same params and numbers, with the
+    # convs in the form `model.reg_conv_form` picks
+    d_img_r1: ImageDiscriminator
+    d_seg_r1: MaskDiscriminator
+    g_path: Generator
 
 
 @dataclasses.dataclass(frozen=True)
