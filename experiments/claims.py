@@ -43,16 +43,19 @@ start-up (imports, data, init, final checkpoint; about 0.1 min in `make demo`, t
 first compiles take 20-60 s each and are cached afterwards in ~/.cache/semgan_jax/xla.
 
   pairs          P = len(labels) * len(seeds)                               default 3
+  warm-up        W = measured once it has run (WARMUP_MIN in the plan before) 5.4 min cold
   overhead / P   O = 7 processes * 0.25 min + 2 splits * K * 1.0 s / 60      K = 64: 1.75 + 2.13 = 3.88 min
-  training / P   T = budget / P - O                                          60 / 3 - 3.88 = 16.12 min
-  G = 0.50 T, E = 0.25 T, U = 0.25 T, rounded down to 0.1 min               8.0 / 4.0 / 4.0 min
-  sweep          P * (O + G + E + U)                                         3 * 19.88 = 59.6 min
+  training / P   T = (budget - W) / P - O                                    (60 - 5.4) / 3 - 3.88 = 14.3 min
+  G = 0.50 T, E = 0.25 T, U = 0.25 T, rounded down to 0.1 min               7.1 / 3.5 / 3.5 min
+  sweep          W + P * (O + G + E + U)                                     5.4 + 3 * 18.0 = 59.4 min
 
-so at the defaults stage 1 reaches about (8 * 60 - 60 s compile) * 30 / 16 ≈ 790 of its 1500
-iterations, stage 2 about (4 * 60 - 30) * 50 / 16 ≈ 650 of 1000, the U-Net about
-(4 * 60 - 30) * 200 / 16 ≈ 2600 of 3000 (it fits its 8-128 training images within a few hundred;
-docs/baseline.md). --budget-minutes rescales G, E and U by the same formula (more seeds or label
-counts: less per run); --gan-minutes / --encoder-minutes / --unet-minutes set them directly.
+Measured (docs/claims.md, cold cache, 2 cores): 57.6 min in all; stage 1 reached 740-780 of its
+1500 iterations, stage 2 501-560 of 1000, the U-Net 2324-3000 of 3000 (it fits its 8-128 training
+images within a few hundred;
+docs/baseline.md). The budget is the sweep's wall time including the compile warm-up (below): the
+plan printed up front assumes WARMUP_MIN; once the warm-up has run, G, E and U are re-planned from
+the minutes actually left. --budget-minutes rescales G, E and U by the same formula (more seeds or
+label counts: less per run); --gan-minutes / --encoder-minutes / --unet-minutes set them directly.
 The iterations each run reached are recorded and shown, since a shared CPU or a cold compile
 cache gives some runs fewer.
 
@@ -101,7 +104,7 @@ QUICK_BUDGETS = {"gan": 0.5, "encoder": 0.3, "unet": 0.3}
 # The warm-up (warmup_runs): minutes it takes with a cold compile cache, and the iterations that
 # reach every compiled variant of each training step (stage 1: i = 0 both regularisers, 1 none,
 # 4 path length only; R1 alone never occurs with d_reg_every 16 = 4 * g_reg_every).
-WARMUP_MIN = 11.0  # measured 13.3 with both splits evaluated (stage 1 4.7, stage 2 4.2, evaluations 1.6 each, U-Net 1.2)
+WARMUP_MIN = 12.0  # the plan printed up front (cold: 5.4 min measured, 13.3 with an earlier build); re-planned after
 WARMUP_ITERATIONS = {"stage1": 5, "stage2": 2, "train": 2}
 QUICK_LIMIT = 4
 
@@ -134,15 +137,18 @@ def estimated_minutes(budgets: dict[str, float], pairs: int, limit: int, methods
     return pairs * ((semgan if "semgan" in methods else 0.0) + (unet if "unet" in methods else 0.0))
 
 
-def resolve_budgets(args) -> dict[str, float]:
-    """Budgets from --quick, else --budget-minutes; explicit --*-minutes take precedence."""
+def resolve_budgets(args, warmup_minutes: float | None = None) -> dict[str, float]:
+    """Budgets from --quick, else --budget-minutes less the warm-up (`warmup_minutes` once it has
+    been measured, WARMUP_MIN before); explicit --*-minutes take precedence."""
     explicit = {"gan": args.gan_minutes, "encoder": args.encoder_minutes, "unet": args.unet_minutes}
     if args.quick:
         budgets = dict(QUICK_BUDGETS)
     elif all(v is not None for v in explicit.values()):
         budgets = {}
     else:
-        total = args.budget_minutes - (WARMUP_MIN if args.warmup else 0.0)
+        if warmup_minutes is None:
+            warmup_minutes = WARMUP_MIN if args.warmup else 0.0
+        total = args.budget_minutes - warmup_minutes
         budgets = plan_budgets(total, len(args.labels) * len(args.seeds), args.limit)
     budgets.update({k: float(v) for k, v in explicit.items() if v is not None})
     return budgets
@@ -476,6 +482,7 @@ def markdown(records: list[dict], rows: list[dict], settings: dict) -> str:
         f"Labeled images {', '.join(map(str, labels))}; seeds {', '.join(map(str, seeds))}; scored on the first "
         f"{settings['limit']} images of `test` and `test_ood`; training budgets (`log.max_minutes`): stage 1 "
         f"{b['gan']:g} min, stage 2 {b['encoder']:g} min, U-Net {b['unet']:g} min"
+        + (f", planned after a {settings['warmup_minutes']:g}-min compile warm-up" if settings.get("warmup_minutes") else "")
         + (" (--quick smoke run: not a measurement)" if settings.get("quick") else "") + ". "
         + ("Mean ± sample standard deviation over seeds. " if len(seeds) > 1 else "One seed: no spread. ")
         + "Δ = SemanticGAN − U-Net (positive favours SemanticGAN). Written by experiments/claims.py "
@@ -585,8 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: budgets {QUICK_BUDGETS} min, --limit {QUICK_LIMIT} (not a measurement)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
-                   help=f"compile everything first in short unbudgeted runs (OUT/warmup; about {WARMUP_MIN:g} "
-                        "min cold, taken from --budget-minutes) so that no training budget pays for compiling")
+                   help="compile everything first in short unbudgeted runs (OUT/warmup; 5.4 min cold on 2 cores, its "
+                        "measured minutes taken from --budget-minutes) so that no training budget pays for compiling")
     p.add_argument("--dry-run", action="store_true", help="print the plan and the commands, run nothing")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing; rebuild claims.json / .md / .png from the runs' result.json")
@@ -652,7 +659,17 @@ def main(argv=None, runner=run_subprocess) -> int:
             if record["status"] != "ok":
                 print("warm-up failed: the sweep would fail the same way; see the log above", file=sys.stderr)
                 return 1
-        print(f"warm-up done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+        warmup_minutes = (time.perf_counter() - t0) / 60
+        try:
+            budgets = resolve_budgets(args, warmup_minutes)
+        except ValueError as err:
+            print(f"error: after the warm-up: {err}", file=sys.stderr)
+            return 2
+        runs = plan_runs(out, args.labels, args.seeds, args.methods, budgets, args.limit)
+        settings["budgets"] = run_settings["budgets"] = budgets
+        settings["warmup_minutes"] = round(warmup_minutes, 2)
+        print(f"warm-up done in {warmup_minutes:.1f} min; budgets re-planned from the {args.budget_minutes - warmup_minutes:.1f} "
+              f"min left: stage 1 {budgets['gan']:g}, stage 2 {budgets['encoder']:g}, U-Net {budgets['unet']:g}", flush=True)
     for i, run in enumerate(runs, 1):
         print(f"[{i}/{len(runs)} {(time.perf_counter() - t0) / 60:5.1f} min] {run.title} -> {run.dir}", flush=True)
         start = time.perf_counter()

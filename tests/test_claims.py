@@ -293,3 +293,30 @@ def test_both_evaluations_score_the_same_first_images_in_the_same_order():
         np.testing.assert_array_equal(np.stack([m for _, m in semgan]), unet["mask"])
         np.testing.assert_allclose(np.stack([x for x, _ in semgan]), unet["image"], atol=1e-6)
         assert len({m.tobytes() for _, m in semgan}) == k  # distinct images, not one repeated
+
+
+def test_budgets_are_replanned_from_the_measured_warmup(tmp_path, monkeypatch):
+    """--budget-minutes is the sweep's whole wall time: the minutes the warm-up actually took come
+    off it before the runs' budgets are set (a slow warm-up leaves less per run, not an overrun)."""
+    now = [0.0]
+    monkeypatch.setattr(claims.time, "perf_counter", lambda: now[0])
+    fake = FakeSemgan()
+
+    def slow_warmup(argv, log_path, timeout_s):
+        if "warmup" in " ".join(argv):
+            now[0] += 5 * 60.0  # five warm-up commands, 25 minutes
+        return fake(argv, log_path, timeout_s)
+
+    out = tmp_path / "claims"
+    args = ["--labels", "8,32", "--limit", "4", "--budget-minutes", "60", "--out", str(out)]
+    assert claims.main(args, runner=slow_warmup) == 0
+    planned_up_front = claims.plan_budgets(60 - claims.WARMUP_MIN, 2, 4)
+    replanned = claims.plan_budgets(60 - 25, 2, 4)
+    assert replanned["gan"] < planned_up_front["gan"]
+    sweep = [c for c in fake.calls if "warmup" not in " ".join(c)]
+    limits = {(c[0], a) for c in sweep for a in c if a.startswith("--config.log.max_minutes=")}
+    assert limits == {(cmd, f"--config.log.max_minutes={replanned[k]:g}")
+                      for cmd, k in (("train-gan", "gan"), ("train-encoder", "encoder"), ("train-supervised", "unet"))}
+    settings = json.loads((out / "claims.json").read_text())["settings"]
+    assert settings["budgets"] == replanned and settings["warmup_minutes"] == 25.0
+    assert "planned after a 25-min compile warm-up" in (out / "claims.md").read_text()
