@@ -5,6 +5,7 @@ in its own fresh process, one after another on the same device and thread settin
     git clone https://github.com/nv-tlabs/semanticGAN_code /tmp/official   # never commit it
     python benchmarks/compare.py --official /tmp/official --preset cpu  --out benchmarks/results/cpu
     python benchmarks/compare.py --official /tmp/official --preset gpu  --out benchmarks/results/gpu
+    python benchmarks/compare.py --official /tmp/official --preset cpu-sweep --repeats 2 --out benchmarks/results/cpu_sweep
     python benchmarks/compare.py --preset cpu --only ours                  # without the official code
 
 Writes OUT/results.json (every row), OUT/table.md (the table printed at the end: images/s of both
@@ -53,6 +54,13 @@ PRESETS = {
     ],
     # the CPU target alone (about 20 minutes on 2 cores: official 12, ours 8.5)
     "cpu-target": [case("stage1", 64, 8, repeats=2)],
+    # batch sweep and test-time segmentation at 32 px (full width), affordable on 2 cores
+    "cpu-sweep": [
+        *[case("stage1", 32, b, group=SWEEP, repeats=2) for b in (2, 4, 8, 16)],
+        case("segment", 32, 1, impls=("official",), steps_timed=5, repeats=2),
+        case("segment", 32, 64, impls=("ours",), steps_timed=5, repeats=2),
+        case("segment", 32, 1, impls=("ours",), steps_timed=5, repeats=2),
+    ],
     "gpu": [
         case("stage1", 256, 16),
         case("stage1", 256, 16, impls=("ours",), dtype="bfloat16"),

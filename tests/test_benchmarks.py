@@ -104,3 +104,18 @@ def test_bf16_curves_summary_and_plot(tmp_path):
                                      "color": (0, 0, 255)}], log_x=False, x_ticks=[0, 15, 30], y_range=(0.0, 1.5),
                y_step=0.5)
     assert Image.open(tmp_path / "c.png").size == (800, 500)
+
+
+def test_every_preset_runs_known_cases_and_each_sweep_has_both_sides():
+    """Each preset case names a benchmark of the scripts (stage1, encoder, segment); every preset
+    with a batch sweep sweeps ours and the official code over the same batches at one resolution
+    (the plot's lines)."""
+    ours = importlib.import_module("ours")  # official.py needs torch; both define the same three benchmarks
+    for name, cases in compare.PRESETS.items():
+        for c in cases:
+            assert c["what"] in ours.BENCHES and set(c["impls"]) <= {"ours", "official"}, (name, c)
+        sweep = [c for c in cases if c["group"] == compare.SWEEP]
+        if sweep:
+            assert len({c["size"] for c in sweep}) == 1 and len({c["batch"] for c in sweep}) >= 3, name
+            assert all(set(c["impls"]) == {"ours", "official"} for c in sweep), name
+    assert any(c["group"] == compare.SWEEP for c in compare.PRESETS["cpu-sweep"])
