@@ -30,6 +30,7 @@ aliased).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -169,13 +170,26 @@ def bench_segment(a) -> dict:
     inv = infer.Inverter(g=models.g, e=models.e, lpips=models.lpips)
     variables = {"g": frozen["g"], "e": e_vars, "lpips": frozen["lpips"]}
     cfg = infer.InvertConfig(step=a.steps_timed or a.steps)
-    run = jax.jit(lambda v, xs, k: infer.invert(inv, v, cfg, xs, k))
-    compiled, compile_s, flops, mem = compile_timed(run, variables, x, jax.random.PRNGKey(1))
+
+    def program(steps):
+        c = dataclasses.replace(cfg, step=steps)
+        return jax.jit(lambda v, xs, k: infer.invert(inv, v, c, xs, k))
+
+    compiled, compile_s, _, mem = compile_timed(program(cfg.step), variables, x, jax.random.PRNGKey(1))
     stats = time_calls(lambda: jax.block_until_ready(compiled(variables, x, jax.random.PRNGKey(1))),
                        a.repeats, a.warmup)
     scale = a.steps / cfg.step  # to the full --steps optimisation
     stats = {k: (v * scale if k != "values" else [t * scale for t in v]) for k, v in stats.items()}
-    return row(a, stats["median"], flops * scale, compile_s, mem, stats, steps=a.steps, steps_timed=cfg.step)
+    flops = scan_flops(program, variables, x, jax.random.PRNGKey(1), steps=a.steps)
+    return row(a, stats["median"], flops, compile_s, mem, stats, steps=a.steps, steps_timed=cfg.step)
+
+
+def scan_flops(program, *args, steps: int) -> float:
+    """FLOPs of `program(steps)(*args)`, whose optimisation steps run in a `lax.scan`: XLA's cost
+    analysis counts a loop body once whatever its trip count, so the prologue / epilogue come
+    from the 0-step program and one step from the 1-step program less that."""
+    f0, f1 = (compile_timed(program(k), *args)[2] for k in (0, 1))
+    return f0 + steps * (f1 - f0)
 
 
 def row(a, ms_iteration, flops, compile_s, xla_bytes, stats, **extra) -> dict:

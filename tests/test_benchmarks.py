@@ -119,3 +119,24 @@ def test_every_preset_runs_known_cases_and_each_sweep_has_both_sides():
             assert len({c["size"] for c in sweep}) == 1 and len({c["batch"] for c in sweep}) >= 3, name
             assert all(set(c["impls"]) == {"ours", "official"} for c in sweep), name
     assert any(c["group"] == compare.SWEEP for c in compare.PRESETS["cpu-sweep"])
+
+
+def test_scan_flops_counts_every_step_of_the_loop():
+    """XLA's cost analysis counts a scan body once; scan_flops gives steps x the body's FLOPs
+    plus what runs outside the loop (here: one 64^3 matmul per step, one more after it)."""
+    import jax
+    import jax.numpy as jnp
+
+    ours = importlib.import_module("ours")
+    matmul = 2 * 64 ** 3
+
+    def program(steps):
+        def f(x):
+            y, _ = jax.lax.scan(lambda c, _: (jnp.tanh(c @ x), None), x, None, length=steps)
+            return y @ x
+        return jax.jit(f)
+
+    x = jnp.ones((64, 64), jnp.float32)
+    one_body = ours.compile_timed(program(7), x)[2]
+    assert one_body < 3 * matmul  # the plain cost analysis: the body once, not 7 times
+    assert ours.scan_flops(program, x, steps=7) == pytest.approx(8 * matmul, rel=0.05)
