@@ -175,21 +175,22 @@ def bench_segment(a) -> dict:
         c = dataclasses.replace(cfg, step=steps)
         return jax.jit(lambda v, xs, k: infer.invert(inv, v, c, xs, k))
 
-    compiled, compile_s, _, mem = compile_timed(program(cfg.step), variables, x, jax.random.PRNGKey(1))
+    compiled, compile_s, loop_flops, mem = compile_timed(program(cfg.step), variables, x, jax.random.PRNGKey(1))
     stats = time_calls(lambda: jax.block_until_ready(compiled(variables, x, jax.random.PRNGKey(1))),
                        a.repeats, a.warmup)
     scale = a.steps / cfg.step  # to the full --steps optimisation
     stats = {k: (v * scale if k != "values" else [t * scale for t in v]) for k, v in stats.items()}
-    flops = scan_flops(program, variables, x, jax.random.PRNGKey(1), steps=a.steps)
+    flops = scan_flops(program, variables, x, jax.random.PRNGKey(1), steps=a.steps, loop_flops=loop_flops)
     return row(a, stats["median"], flops, compile_s, mem, stats, steps=a.steps, steps_timed=cfg.step)
 
 
-def scan_flops(program, *args, steps: int) -> float:
-    """FLOPs of `program(steps)(*args)`, whose optimisation steps run in a `lax.scan`: XLA's cost
-    analysis counts a loop body once whatever its trip count, so the prologue / epilogue come
-    from the 0-step program and one step from the 1-step program less that."""
-    f0, f1 = (compile_timed(program(k), *args)[2] for k in (0, 1))
-    return f0 + steps * (f1 - f0)
+def scan_flops(program, *args, steps: int, loop_flops: float) -> float:
+    """FLOPs of `program(steps)(*args)`, whose optimisation steps run in a `lax.scan`. XLA's cost
+    analysis counts a loop body once whatever its trip count, so `loop_flops` (that analysis of
+    `program(k)` for any k >= 1) is the prologue / epilogue plus one step; the prologue / epilogue
+    alone come from the 0-step program."""
+    f0 = compile_timed(program(0), *args)[2]
+    return f0 + steps * (loop_flops - f0)
 
 
 def row(a, ms_iteration, flops, compile_s, xla_bytes, stats, **extra) -> dict:

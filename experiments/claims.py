@@ -51,8 +51,7 @@ first compiles take 20-60 s each and are cached afterwards in ~/.cache/semgan_ja
 
 Measured (docs/claims.md, cold cache, 2 cores): 57.6 min in all; stage 1 reached 740-780 of its
 1500 iterations, stage 2 501-560 of 1000, the U-Net 2324-3000 of 3000 (it fits its 8-128 training
-images within a few hundred;
-docs/baseline.md). The budget is the sweep's wall time including the compile warm-up (below): the
+images within a few hundred; docs/baseline.md). The budget is the sweep's wall time including the compile warm-up (below): the
 plan printed up front assumes WARMUP_MIN; once the warm-up has run, G, E and U are re-planned from
 the minutes actually left. --budget-minutes rescales G, E and U by the same formula (more seeds or
 label counts: less per run); --gan-minutes / --encoder-minutes / --unet-minutes set them directly.
@@ -629,7 +628,6 @@ def main(argv=None, runner=run_subprocess) -> int:
     settings = {"labels": args.labels, "seeds": args.seeds, "methods": args.methods, "limit": args.limit,
                 "budgets": budgets, "budget_minutes": None if args.quick else args.budget_minutes,
                 "quick": args.quick, "splits": list(SPLITS), "configs": CONFIGS}
-    run_settings = {"limit": args.limit, "budgets": budgets}
     if args.report_only:
         records = [read_json(r.result_path) for r in runs]
         records = [r for r in records if r]
@@ -666,10 +664,11 @@ def main(argv=None, runner=run_subprocess) -> int:
             print(f"error: after the warm-up: {err}", file=sys.stderr)
             return 2
         runs = plan_runs(out, args.labels, args.seeds, args.methods, budgets, args.limit)
-        settings["budgets"] = run_settings["budgets"] = budgets
+        settings["budgets"] = budgets
         settings["warmup_minutes"] = round(warmup_minutes, 2)
         print(f"warm-up done in {warmup_minutes:.1f} min; budgets re-planned from the {args.budget_minutes - warmup_minutes:.1f} "
               f"min left: stage 1 {budgets['gan']:g}, stage 2 {budgets['encoder']:g}, U-Net {budgets['unet']:g}", flush=True)
+    run_settings = {"limit": args.limit, "budgets": budgets}
     for i, run in enumerate(runs, 1):
         print(f"[{i}/{len(runs)} {(time.perf_counter() - t0) / 60:5.1f} min] {run.title} -> {run.dir}", flush=True)
         start = time.perf_counter()
