@@ -50,7 +50,9 @@ def test_compare_pairs_rows_prints_ratios_and_plots(tmp_path):
             _row("ours", "stage1", 8, 2.0, dtype="bfloat16"),
             _row("ours", "segment", 64, 0.5), _row("official", "segment", 1, 0.02),
             _row("ours", "stage1", 4, 0.8, group=compare.SWEEP), _row("official", "stage1", 4, 0.2, group=compare.SWEEP),
-            {"impl": "official", "what": "encoder", "size": 64, "batch": 8, "error": "boom", "command": "x"}]
+            {"impl": "official", "what": "encoder", "size": 64, "batch": 8, "error": "boom", "command": "x"},
+            _row("ours", "stage1", 16, float("nan"), size=256, group="compile", compile_only=True, compile_s=160.0,
+                 compile_s_variants={"plain": 30.0, "r1": 40.0, "path": 40.0, "both": 50.0})]
     pairs = compare.ratio_rows(rows)
     ratios = {(p["ours"]["what"], p["ours"]["batch"], p["ours"]["dtype"]): p["ratio"] for p in pairs}
     assert ratios[("stage1", 8, "float32")] == pytest.approx(4.0)
@@ -59,6 +61,8 @@ def test_compare_pairs_rows_prints_ratios_and_plots(tmp_path):
     table = compare.markdown(rows, pairs, "cpu (cpu)")
     assert "**4.00x**" in table and "**25.00x**" in table and "(official batch 1)" in table
     assert "Failed: official encoder" in table
+    assert len(pairs) == 4  # the compile-only row is reported apart, not paired
+    assert "stage1 at 256 px, batch 16, float32: plain 30.0 s, r1 40.0 s, path 40.0 s, both 50.0 s; 160.0 s" in table
     compare.plot_sweep(tmp_path / "sweep.png", rows)
     img = np.asarray(Image.open(tmp_path / "sweep.png").convert("RGB")).astype(int)
     for color in ((31, 119, 180), (214, 39, 40)):  # a line per implementation
@@ -88,6 +92,15 @@ def test_ours_times_a_tiny_encoder_iteration(tmp_path):
                    "--repeats", "2", "--warmup", "0", "--json", str(out)])
     assert r["images_per_s"] > 0 and r["gflop_per_iteration"] > 0 and r["compile_s"] > 0
     assert r["params"]["e"] > 0 and json.loads(out.read_text())[-1]["what"] == "encoder"
+
+
+@pytest.mark.slow  # compiles four stage-1 programs (about 2 minutes on 2 cores)
+def test_ours_compile_only_compiles_the_four_stage1_variants():
+    ours = importlib.import_module("ours")
+    r = ours.main(["--what", "stage1", "--size", "16", "--width", "narrow", "--batch", "2", "--compile-only"])
+    assert list(r["compile_s_variants"]) == ["plain", "r1", "path", "both"]
+    assert r["compile_s"] == pytest.approx(sum(r["compile_s_variants"].values()))
+    assert r["compile_only"] and r["gflop_per_iteration"] > 0 and np.isnan(r["ms_iteration"])
 
 
 def test_bf16_curves_summary_and_plot(tmp_path):

@@ -233,6 +233,49 @@ def test_subsampled_strided_conv_equals_the_strided_conv_to_second_order(k, pad)
     np.testing.assert_allclose(g_sub, g, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("h,k,stride,pad", [(2, 3, 2, 1), (1, 3, 2, 1), (2, 3, 1, 1), (2, 4, 2, 2), (3, 4, 1, 2)])
+def test_convs_of_inputs_smaller_than_the_kernel_run_as_one_matmul(h, k, stride, pad):
+    """conv2d of an input smaller than its kernel (the encoder's style heads) gives the lax conv's
+    numbers to second order, and its compiled program holds no `reverse` (XLA would swap the
+    operands and flip the weight in every call)."""
+    from semgan_jax.nn.conv import conv2d
+
+    rng = np.random.default_rng(h * k + pad)
+    x = jnp.asarray(rng.normal(size=(2, h, h, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+
+    def lax_conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def r1(conv):
+        def pen(w):
+            gx = jax.grad(lambda x: jnp.sum(jnp.tanh(conv(x, w))))(x)
+            return jnp.sum(gx ** 2)
+        return jax.value_and_grad(pen)(w)
+
+    ours = lambda x, w: conv2d(x, w, stride, pad)  # noqa: E731
+    np.testing.assert_allclose(ours(x, w), lax_conv(x, w), rtol=1e-5, atol=1e-5)
+    (v, g), (v_ref, g_ref) = r1(ours), r1(lax_conv)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4)
+    assert "reverse" not in jax.jit(ours).lower(x, w).compile().as_text()
+    assert "reverse" in jax.jit(lax_conv).lower(x, w).compile().as_text()  # what it avoids
+
+
+def test_flax_conv_hook_matches_lax_for_small_and_large_inputs():
+    import flax.linen as nn
+
+    from semgan_jax.nn.conv import conv_general_dilated
+
+    for h in (2, 8):
+        x = jax.random.normal(KEY, (2, h, h, 3))
+        plain = nn.Conv(5, (3, 3), (1, 1), [(1, 1)] * 2)
+        hooked = nn.Conv(5, (3, 3), (1, 1), [(1, 1)] * 2, conv_general_dilated=conv_general_dilated)
+        v = plain.init(KEY, x)
+        np.testing.assert_allclose(hooked.apply(v, x), plain.apply(v, x), rtol=1e-5, atol=1e-5)
+
+
 def test_discriminators_in_subsample_form_give_the_same_numbers():
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
     dr = ImageDiscriminator(size=16, channel_base=256, channel_max=16)

@@ -36,6 +36,8 @@ def conv2d(x, w, stride: int = 1, padding: int = 0, dtype=None, subsample_stride
     slower per call at 32 px, 256 channels, than this form; benchmarks/RESULTS.md)."""
     dtype = dtype or x.dtype
     x, w = x.astype(dtype), w.astype(dtype)
+    if x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]:
+        return taps_conv(x, w, (stride, stride), ((padding, padding),) * 2)
     if stride == 1 or not subsample_strides:
         return jax.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
                                             dimension_numbers=_DN)
@@ -45,6 +47,44 @@ def conv2d(x, w, stride: int = 1, padding: int = 0, dtype=None, subsample_stride
     y = jax.lax.conv_general_dilated(x, w, (1, 1), [(q, q)] * 2, dimension_numbers=_DN)
     o = q - padding
     return y[:, o:o + stride * (oh - 1) + 1:stride, o:o + stride * (ow - 1) + 1:stride]
+
+
+def taps_conv(x, w, strides=(1, 1), padding=((0, 0), (0, 0)), precision=None):
+    """A convolution as one matmul over the kernel taps that reach the input, for inputs smaller
+    than the kernel (H * W < kh * kw: the encoder's style heads at 2x2 and 1x1, VGG's last block
+    at 32 px). XLA swaps such a conv's operands, running the weight as the image with a reversed
+    kernel: a weight-sized `reverse` in every call, which the inversion loop (frozen encoder,
+    every step) pays each step (benchmarks/RESULTS.md). Same numbers as the conv.
+    x (N, H, W, in), w (kh, kw, in, out), padding ((lo, hi), (lo, hi)), negative crops
+    -> (N, H', W', out)."""
+    (sy, sx), ((py0, py1), (px0, px1)) = strides, padding
+    kh, kw, _, cout = w.shape
+    n, h, wd = x.shape[:3]
+    oh, ow = (h + py0 + py1 - kh) // sy + 1, (wd + px0 + px1 - kw) // sx + 1
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (py0, py1, 0), (px0, px1, 0), (0, 0, 0)))
+
+    def reaches(tap, lo, size, stride, out):  # tap row `tap` reads padded rows tap + stride * m
+        return any(lo <= tap + stride * m < lo + size for m in range(out))
+
+    taps = [(i, j) for i in range(kh) if reaches(i, py0, h, sy, oh) for j in range(kw) if reaches(j, px0, wd, sx, ow)]
+    if not taps:
+        return jnp.zeros((n, oh, ow, cout), jnp.result_type(x, w))
+    cols = [xp[:, i:i + sy * (oh - 1) + 1:sy, j:j + sx * (ow - 1) + 1:sx] for i, j in taps]
+    w_taps = jnp.concatenate([w[i, j] for i, j in taps], axis=0)            # (taps * in, out)
+    return jnp.matmul(jnp.concatenate(cols, axis=-1), w_taps, precision=precision)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None):
+    """`jax.lax.conv_general_dilated` for flax's `nn.Conv(conv_general_dilated=...)`: NHWC / HWIO
+    convolutions of inputs smaller than the kernel run as `taps_conv`, all others unchanged."""
+    plain = (lhs.ndim == 4 and feature_group_count == 1 and not isinstance(padding, str)
+             and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+             and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN))
+    if plain and lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]:
+        return taps_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), precision)
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                        dimension_numbers, feature_group_count, precision=precision)
 
 
 class Conv2d(nn.Module):

@@ -23,6 +23,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from semgan_jax.nn.conv import conv_general_dilated
+
 # ScalingLayer of lpips v0.1: maps [-1, 1] inputs to ImageNet-normalised ones.
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
@@ -71,7 +73,7 @@ class _Features(nn.Module):
             else:
                 features, k, stride, pad = spec
                 x = nn.Conv(features, (k, k), (stride, stride), [(pad, pad)] * 2, precision=self.precision,
-                            name=f"conv_{index}")(x)
+                            conv_general_dilated=conv_general_dilated, name=f"conv_{index}")(x)
                 x = jax.nn.relu(x)
                 if index + 1 in self.taps:
                     outs.append(x)
