@@ -98,7 +98,9 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
         if cfg.mean_init:
             loss = loss + cfg.lambda_mean * _mse(p["w"], w0)
         else:
-            loss = (loss + cfg.lambda_encoder * _mse(p["w"], jax.lax.stop_gradient(encode(img)))
+            # E's input, not only its output, held constant: the same gradient, and no
+            # linearisation of E traced and dropped in every step
+            loss = (loss + cfg.lambda_encoder * _mse(p["w"], encode(jax.lax.stop_gradient(img)))
                     + cfg.lambda_encoder_init * _mse(p["w"], w0))
         return loss
 

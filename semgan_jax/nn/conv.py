@@ -7,6 +7,7 @@ in the 'spectral' collection, v indexed in torch's (in, kh, kw) order so torch b
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -49,6 +50,38 @@ def conv2d(x, w, stride: int = 1, padding: int = 0, dtype=None, subsample_stride
     return y[:, o:o + stride * (oh - 1) + 1:stride, o:o + stride * (ow - 1) + 1:stride]
 
 
+def _lax_conv(x, w, padding):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_DN)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_stride1(x, w, padding):
+    """Stride-1 cross-correlation, NHWC x / HWIO w, padding ((lo, hi), (lo, hi)), whose input
+    gradient is an explicit convolution with the flipped, in/out-transposed kernel. The same
+    numbers as `lax.conv_general_dilated` and its VJP; but inside a `while` loop (the inversion's
+    `lax.scan` over steps, G and LPIPS frozen) XLA:CPU runs its own form of that gradient, the
+    kernel reversed inside the conv, about 4x slower (a 3x3 512-channel conv at 32 px, batch 1:
+    180 against 46 ms per step; benchmarks/RESULTS.md). Outside loops both forms take the same time."""
+    return _lax_conv(x, w, padding)
+
+
+def _conv_stride1_fwd(x, w, padding):
+    return _lax_conv(x, w, padding), (x, w)
+
+
+def _conv_stride1_bwd(padding, res, g):
+    x, w = res
+    kh, kw = w.shape[:2]
+    (py0, py1), (px0, px1) = padding
+    w_t = jnp.transpose(w[::-1, ::-1], (0, 1, 3, 2))
+    dx = _lax_conv(g, w_t, ((kh - 1 - py0, kh - 1 - py1), (kw - 1 - px0, kw - 1 - px1)))
+    dw = jax.vjp(lambda w: _lax_conv(x, w, padding), w)[1](g)[0]
+    return dx, dw
+
+
+conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
+
+
 def taps_conv(x, w, strides=(1, 1), padding=((0, 0), (0, 0)), precision=None):
     """A convolution as one matmul over the kernel taps that reach the input, for inputs smaller
     than the kernel (H * W < kh * kw: the encoder's style heads at 2x2 and 1x1, VGG's last block
@@ -77,12 +110,15 @@ def taps_conv(x, w, strides=(1, 1), padding=((0, 0), (0, 0)), precision=None):
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None):
     """`jax.lax.conv_general_dilated` for flax's `nn.Conv(conv_general_dilated=...)`: NHWC / HWIO
-    convolutions of inputs smaller than the kernel run as `taps_conv`, all others unchanged."""
+    convolutions of inputs smaller than the kernel run as `taps_conv`, other stride-1 ones as
+    `conv_stride1`, the rest unchanged."""
     plain = (lhs.ndim == 4 and feature_group_count == 1 and not isinstance(padding, str)
              and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN))
     if plain and lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]:
         return taps_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), precision)
+    if plain and tuple(window_strides) == (1, 1) and precision is None:
+        return conv_stride1(lhs, rhs, tuple(map(tuple, padding)))
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                         dimension_numbers, feature_group_count, precision=precision)
 

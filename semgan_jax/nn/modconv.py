@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from semgan_jax.nn.conv import conv_stride1
 from semgan_jax.nn.layers import EqualDense
 from semgan_jax.nn.upfirdn import blur, fir_pads
 
@@ -43,6 +44,8 @@ def _conv(x, w, upsample: bool, groups: int = 1):
             x, w[::-1, ::-1], (1, 1), [(k - 1, k - 1)] * 2, lhs_dilation=(2, 2),
             dimension_numbers=_DN, feature_group_count=groups)
     p = k // 2
+    if groups == 1:
+        return conv_stride1(x, w, ((p, p), (p, p)))
     return jax.lax.conv_general_dilated(x, w, (1, 1), [(p, p)] * 2, dimension_numbers=_DN,
                                         feature_group_count=groups)
 
@@ -68,7 +71,7 @@ def conv_transpose_2x(x, w):
         for px in range(2):
             wp = w[py::2, px::2][::-1, ::-1]
             xs = xp[:, j0 - wp.shape[0]:, j0 - wp.shape[1]:]
-            cols.append(jax.lax.conv_general_dilated(xs, wp, (1, 1), "VALID", dimension_numbers=_DN))
+            cols.append(conv_stride1(xs, wp, ((0, 0), (0, 0))))
         rows.append(jnp.stack(cols, axis=3))                       # (N, my, mx, 2, out)
     y = jnp.stack(rows, axis=2).reshape(n, 2 * my, 2 * mx, cout)   # (N, my, 2, mx, 2, out)
     return y[:, :2 * h + k - 2, :2 * wd + k - 2]
@@ -82,7 +85,7 @@ def conv_transpose_2x_zero_insert(x, w):
         raise ValueError(f"the zero_insert upsampling form needs an odd kernel, got {k}")
     q = k // 2  # x[m] at 2m + q of a (2H - 1 + 2q)-long zero-filled axis, then a 'same' conv
     xz = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (q, q, 1), (q, q, 1), (0, 0, 0)))
-    return jax.lax.conv_general_dilated(xz, w[::-1, ::-1], (1, 1), [(q, q)] * 2, dimension_numbers=_DN)
+    return conv_stride1(xz, w[::-1, ::-1], ((q, q), (q, q)))
 
 
 def modulated_conv(x, weight, styles, *, demodulate=True, upsample=False, impl="input_scaling",
