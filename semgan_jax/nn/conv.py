@@ -61,7 +61,8 @@ def conv_stride1(x, w, padding):
     numbers as `lax.conv_general_dilated` and its VJP; but inside a `while` loop (the inversion's
     `lax.scan` over steps, G and LPIPS frozen) XLA:CPU runs its own form of that gradient, the
     kernel reversed inside the conv, about 4x slower (a 3x3 512-channel conv at 32 px, batch 1:
-    180 against 46 ms per step; benchmarks/RESULTS.md). Outside loops both forms take the same time."""
+    180 against 46 ms per step; benchmarks/RESULTS.md). Outside loops both forms take the same time.
+    Reverse mode only (a custom VJP): `jax.grad` to any order, no `jax.jvp`."""
     return _lax_conv(x, w, padding)
 
 
