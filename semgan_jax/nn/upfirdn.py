@@ -28,11 +28,10 @@ def _pairs(v, n=2):
 
 
 def _pad_axis(x, axis, lo, hi):
-    """Zero-pad (positive) or crop (negative) `x` along `axis`."""
-    cfg = [(0, 0)] * x.ndim
-    cfg[axis] = (max(lo, 0), max(hi, 0))
-    x = jnp.pad(x, cfg)
-    return jax.lax.slice_in_dim(x, max(-lo, 0), x.shape[axis] - max(-hi, 0), axis=axis)
+    """Zero-pad (positive) or crop (negative) `x` along `axis`: one lax.pad."""
+    cfg = [(0, 0, 0)] * x.ndim
+    cfg[axis] = (lo, hi, 0)
+    return jax.lax.pad(x, jnp.zeros((), x.dtype), cfg)
 
 
 def _taps(x, kf, axis, length, step=1, offset=0):
