@@ -37,7 +37,7 @@ def conv2d(x, w, stride: int = 1, padding: int = 0, dtype=None, subsample_stride
     slower per call at 32 px, 256 channels, than this form; benchmarks/RESULTS.md)."""
     dtype = dtype or x.dtype
     x, w = x.astype(dtype), w.astype(dtype)
-    if x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]:
+    if smaller_than_kernel(x, w):
         return taps_conv(x, w, (stride, stride), ((padding, padding),) * 2)
     if stride == 1 or not subsample_strides:
         return jax.lax.conv_general_dilated(x, w, (stride, stride), [(padding, padding)] * 2,
@@ -83,6 +83,12 @@ def _conv_stride1_bwd(padding, res, g):
 conv_stride1.defvjp(_conv_stride1_fwd, _conv_stride1_bwd)
 
 
+def smaller_than_kernel(x, w) -> bool:
+    """Whether NHWC x has fewer spatial positions than HWIO w's window: XLA swaps the operands of
+    such a conv (the case `taps_conv` serves)."""
+    return x.shape[1] * x.shape[2] < w.shape[0] * w.shape[1]
+
+
 def taps_conv(x, w, strides=(1, 1), padding=((0, 0), (0, 0)), precision=None):
     """A convolution as one matmul over the kernel taps that reach the input, for inputs smaller
     than the kernel (H * W < kh * kw: the encoder's style heads at 2x2 and 1x1, VGG's last block
@@ -116,7 +122,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     plain = (lhs.ndim == 4 and feature_group_count == 1 and not isinstance(padding, str)
              and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
              and dimension_numbers == jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DN))
-    if plain and lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]:
+    if plain and smaller_than_kernel(lhs, rhs):
         return taps_conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), precision)
     if plain and tuple(window_strides) == (1, 1) and precision is None:
         return conv_stride1(lhs, rhs, tuple(map(tuple, padding)))
