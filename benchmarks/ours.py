@@ -180,7 +180,7 @@ def bench_segment(a) -> dict:
 
     def program(steps):
         c = dataclasses.replace(cfg, step=steps)
-        return jax.jit(lambda v, xs, k: infer.invert(inv, v, c, xs, k))
+        return infer.jit_invert(inv, c)
 
     compiled, compile_s, loop_flops, mem = compile_timed(program(cfg.step), variables, x, jax.random.PRNGKey(1))
     stats = time_calls(lambda: jax.block_until_ready(compiled(variables, x, jax.random.PRNGKey(1))),

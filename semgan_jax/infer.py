@@ -131,6 +131,12 @@ def invert(inv: Inverter, variables: dict, cfg: InvertConfig, targets, key):
     return jax.vmap(lambda t, k: invert_one(inv, variables, cfg, t, k, w_mean))(targets, keys)
 
 
+def jit_invert(inv: Inverter, cfg: InvertConfig):
+    """`invert` under jit: f(variables, targets, key), compiled for the default backend."""
+    from semgan_jax.xla_cpu import compiler_options
+
+    return jax.jit(lambda v, xs, k: invert(inv, v, cfg, xs, k), compiler_options=compiler_options(jax.default_backend()))
+
 
 def load_inverter(workdir, use_lpips: str = "auto"):
     """(Inverter, variables, stage-1 config) from a stage-2 workdir (E + its stage-1 G), or from a

@@ -51,6 +51,13 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def compiler_options(mesh: Mesh) -> dict:
+    """XLA options for programs on the mesh's devices (`xla_cpu.compiler_options`)."""
+    from semgan_jax.xla_cpu import compiler_options as for_platform
+
+    return for_platform(mesh.devices.flat[0].platform)
+
+
 def check_batch_size(batch_size: int, mesh: Mesh) -> int:
     """Global batch must split evenly over devices and processes; returns the per-process size."""
     n_dev = mesh.shape[DATA_AXIS]

@@ -55,7 +55,7 @@ class BatchedInverter:
             raise ValueError(f"{checkpoint} is a stage-1 (train-gan) run with no encoder: pass a train-encoder "
                              "workdir, or --mean-init to start from the mean latent")
         self.cfg, self.batch_size, self.key = cfg, batch_size, jax.random.PRNGKey(seed)
-        self._run = jax.jit(lambda v, x, k: infer.invert(self.inv, v, cfg, x, k))
+        self._run = infer.jit_invert(self.inv, cfg)
 
     @property
     def size(self) -> int:

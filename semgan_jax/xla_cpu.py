@@ -12,6 +12,17 @@ jax 0.10's XLA:CPU hands convolutions to YNNPACK by default; `--xla_cpu_experime
 and a whole stage-1 step: full width (512 channels) at 64 px, batch 8, 45 s with YNNPACK and
 31 s with Eigen; the narrow 32-px demo networks 0.19 s and 0.22 s. So full-width CPU runs pass
 `eigen` (the CLI's `--cpu-convs`, the benchmarks' `--cpu-convs`), the default stays JAX's.
+
+`compiler_options` lowers LLVM's optimisation level for the code XLA:CPU generates itself (its
+fusions; convolutions and matmuls are library calls at any level). Measured on the same machine:
+
+    program (stage-1 step unless named)     XLA compile -O2 -> -O1    run -O2 -> -O1
+    256 px full width, batch 16, R1 + path        74.9 -> 64.7 s              —
+    64 px full width, batch 8                     25.0 -> 23.3 s        27.9 -> 26.9 s
+    32 px narrow demo nets, batch 8               25.7 -> 20.2 s       0.187 -> 0.192 s
+    segmentation 32 px full width (100 steps)     10.9 -> 10.7 s        21.6 -> 21.4 s
+
+(-O0: 50 s to compile the first, but the 64-px step runs 57 s instead of 28.)
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ import os
 
 CONV_LIBRARIES = ("ynnpack", "eigen")
 _FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+_LLVM_LEVEL = "xla_backend_optimization_level"
 
 
 def _backend_started() -> bool:
@@ -46,3 +58,11 @@ def use_cpu_conv_library(name: str) -> None:
         raise RuntimeError("use_cpu_conv_library must run before the first JAX computation "
                            "(XLA reads XLA_FLAGS once, when its backend starts)")
     os.environ["XLA_FLAGS"] = new
+
+
+def compiler_options(platform: str) -> dict:
+    """`jax.jit(..., compiler_options=)` for a program on `platform` ('cpu', 'gpu', 'tpu'):
+    LLVM -O1 on the CPU, nothing elsewhere, nothing when XLA_FLAGS already sets the level."""
+    if platform != "cpu" or _LLVM_LEVEL in os.environ.get("XLA_FLAGS", ""):
+        return {}
+    return {_LLVM_LEVEL: 1}

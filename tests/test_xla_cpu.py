@@ -52,3 +52,39 @@ def test_libraries_agree_and_flags_are_kept():
 def test_unknown_library_is_refused():
     with pytest.raises(ValueError, match="ynnpack"):
         xla_cpu.use_cpu_conv_library("mkl")
+
+
+def test_cpu_programs_compile_at_llvm_O1_unless_the_user_chose(monkeypatch):
+    import jax
+    import jax.numpy as jnp
+
+    from semgan_jax.parallel import compiler_options, make_mesh
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    opts = xla_cpu.compiler_options("cpu")
+    assert opts == {"xla_backend_optimization_level": 1}
+    assert xla_cpu.compiler_options("gpu") == {} and xla_cpu.compiler_options("tpu") == {}
+    assert compiler_options(make_mesh(1)) == opts  # the train steps' jit options on this CPU
+    monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=3")
+    assert xla_cpu.compiler_options("cpu") == {}
+    # this XLA knows the option (an unknown name fails the compile) and the result is unchanged
+    x = jnp.linspace(-3.0, 3.0, 1000)
+    f = lambda x: jnp.sum(jnp.tanh(x) ** 2 * jnp.exp(-x * x))  # noqa: E731
+    assert float(jax.jit(f, compiler_options=opts)(x)) == pytest.approx(float(jax.jit(f)(x)), rel=1e-6)
+
+
+def test_train_steps_and_inversion_jit_with_the_options(monkeypatch):
+    import jax
+
+    from semgan_jax import infer
+    from semgan_jax.parallel import make_mesh
+    from semgan_jax.train import encoder, gan, supervised
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    seen = []
+    real_jit = jax.jit
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: seen.append(k.get("compiler_options")) or real_jit(*a, **k))
+    for module in (gan, encoder, supervised):
+        module.jit_train_step(None, None, make_mesh(1))
+    infer.jit_invert(None, None)
+    assert seen == [xla_cpu.compiler_options("cpu")] * 4

@@ -244,11 +244,12 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
 def jit_train_step(models: EncoderModels, hp: EncoderHParams, mesh):
     """`train_step` under one jit: state and frozen weights replicated (state donated), batch
     split over 'data'. Returns step(state, batch, frozen)."""
-    from semgan_jax.parallel import batch_sharding, replicated
+    from semgan_jax.parallel import batch_sharding, compiler_options, replicated
 
     rep, data = replicated(mesh), batch_sharding(mesh)
     return jax.jit(lambda state, batch, frozen: train_step(models, hp, state, frozen, batch),
-                   in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,))
+                   in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=(0,),
+                   compiler_options=compiler_options(mesh))
 
 
 # --------------------------------------------------------------------------------------------

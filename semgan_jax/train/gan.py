@@ -344,7 +344,7 @@ def jit_train_step(models: GANModels, hp: GANHParams, mesh):
     """`train_step` under one jit: state replicated and donated, batch split over 'data'.
 
     Returns step(state, batch, d_reg, g_reg) with the two flags static."""
-    from semgan_jax.parallel import batch_sharding, replicated
+    from semgan_jax.parallel import batch_sharding, compiler_options, replicated
 
     rep, data = replicated(mesh), batch_sharding(mesh)
 
@@ -352,7 +352,7 @@ def jit_train_step(models: GANModels, hp: GANHParams, mesh):
         return train_step(models, hp, state, batch, d_reg=d_reg, g_reg=g_reg)
 
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,),
-                   static_argnums=(2, 3))
+                   static_argnums=(2, 3), compiler_options=compiler_options(mesh))
 
 
 def sample(models: GANModels, g_params, g_noises, z):

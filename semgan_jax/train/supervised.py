@@ -173,11 +173,11 @@ def train_step(models: SupervisedModels, hp: SupervisedHParams, state: Supervise
 
 def jit_train_step(models: SupervisedModels, hp: SupervisedHParams, mesh):
     """`train_step` under one jit: state replicated and donated, batch split over 'data'."""
-    from semgan_jax.parallel import batch_sharding, replicated
+    from semgan_jax.parallel import batch_sharding, compiler_options, replicated
 
     rep, data = replicated(mesh), batch_sharding(mesh)
     return jax.jit(lambda state, batch: train_step(models, hp, state, batch), in_shardings=(rep, data),
-                   out_shardings=(rep, rep), donate_argnums=(0,))
+                   out_shardings=(rep, rep), donate_argnums=(0,), compiler_options=compiler_options(mesh))
 
 
 # --------------------------------------------------------------------------------------------
