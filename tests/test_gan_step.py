@@ -175,3 +175,22 @@ def test_fid_every_eval_steps_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     best = json.loads((tmp_path / "run" / "best" / "fid.json").read_text())
     assert best["fid"] == min(r["fid"] for r in rows)
     assert (tmp_path / "run" / "best" / "checkpoint" / str(best["step"])).is_dir()
+
+
+def test_path_length_offset_keeps_the_amount_and_never_meets_r1():
+    train = gan.default_config().train
+
+    def schedule(offset):
+        hp = gan.hparams_from_config({**train.to_dict(), "g_reg_offset": offset})
+        return [gan.regularize_flags(i, hp) for i in range(64)]
+
+    ref, moved = schedule(0), schedule(2)
+    assert ref[:5] == [(True, True), (False, False), (False, False), (False, False), (False, True)]  # the reference
+    assert moved[:5] == [(True, False), (False, False), (False, True), (False, False), (False, False)]
+    for flags in (ref, moved):  # R1 every 16th, path length every 4th iteration either way
+        assert (sum(d for d, _ in flags), sum(g for _, g in flags)) == (4, 16)
+    assert (True, True) in set(ref) and (True, True) not in set(moved)  # so its program is never compiled
+    old_run = {k: v for k, v in train.to_dict().items() if k != "g_reg_offset"}  # a config.json saved before it
+    assert gan.hparams_from_config(old_run).g_reg_offset == 0
+    with pytest.raises(ValueError, match="g_reg_offset must be in"):
+        gan.hparams_from_config({**train.to_dict(), "g_reg_offset": 4})

@@ -95,6 +95,12 @@ class GANHParams:
     mixing: float
     lambda_dseg_feat: float
     ema_decay: float
+    g_reg_offset: int = 0
+
+    def __post_init__(self):
+        if not 0 <= self.g_reg_offset < self.g_reg_every:
+            raise ValueError(f"train.g_reg_offset must be in [0, g_reg_every={self.g_reg_every}), "
+                             f"got {self.g_reg_offset}")
 
 
 def default_config():
@@ -123,7 +129,11 @@ def default_config():
                                       # so XLA:CPU's second-order gradients stay fast) | "auto" (CPU: dense)
     c.train = ml_collections.ConfigDict(dict(
         iterations=800_000, batch_size=16, lr=0.002, r1=10.0, path_regularize=2.0, path_batch_shrink=2,
-        d_reg_every=16, g_reg_every=4, mixing=0.9, lambda_dseg_feat=2.0, ema_decay=0.5 ** (32 / 10000),
+        d_reg_every=16, g_reg_every=4,
+        g_reg_offset=0,               # path length at iterations i with (i - offset) % g_reg_every == 0;
+                                      # 0 = the reference; 2 never meets R1 (d_reg_every 16), so the
+                                      # step with both regularisers is never compiled (3 programs, not 4)
+        mixing=0.9, lambda_dseg_feat=2.0, ema_decay=0.5 ** (32 / 10000),
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
         on_nonfinite="stop"))         # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
     c.log = ml_collections.ConfigDict(dict(
@@ -161,7 +171,8 @@ def build_models(model_cfg, lr: float, d_reg_every: int, g_reg_every: int) -> GA
 
 
 def hparams_from_config(train_cfg) -> GANHParams:
-    return GANHParams(**{f.name: train_cfg[f.name] for f in dataclasses.fields(GANHParams)})
+    """The config's `train` fields GANHParams names (g_reg_offset may be absent: runs saved before it)."""
+    return GANHParams(**{f.name: train_cfg[f.name] for f in dataclasses.fields(GANHParams) if f.name in train_cfg})
 
 
 def init_state(models: GANModels, key) -> GANState:
@@ -214,8 +225,9 @@ def _final_mean(feats):
 
 
 def regularize_flags(step: int, hp: GANHParams) -> tuple[bool, bool]:
-    """(d_reg, g_reg) of iteration `step` (0-based): lazy R1 and path length, as the reference."""
-    return step % hp.d_reg_every == 0, step % hp.g_reg_every == 0
+    """(d_reg, g_reg) of iteration `step` (0-based): lazy R1 and path length, as the reference
+    when hp.g_reg_offset is 0."""
+    return step % hp.d_reg_every == 0, (step - hp.g_reg_offset) % hp.g_reg_every == 0
 
 
 def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, *, d_reg: bool, g_reg: bool):
