@@ -253,6 +253,8 @@ def cpu_convs(a) -> str:
 def main(argv=None) -> dict:
     a = build_parser().parse_args(argv)
     use_cpu_conv_library(cpu_convs(a))
+    dev = jax.devices()[0]
+    peak_flops(dev.device_kind, dev.platform, a.dtype)  # a first CPU sample, before the benchmark loads the machine
     r = BENCHES[a.what](a)
     report(r, a.json)
     return r

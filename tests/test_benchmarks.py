@@ -36,6 +36,11 @@ def test_cpu_peak_is_positive_and_gpu_peaks_are_known():
     assert np.isnan(common.peak_flops("Mystery", "gpu", "float32"))
 
 
+def test_cpu_peak_is_the_best_measured_so_far():
+    first = common.cpu_peak_flops("float32")
+    assert common.cpu_peak_flops("float32") >= first  # a slower later sample does not lower it
+
+
 def _row(impl, what, batch, ips, **kw):
     r = {"impl": impl, "what": what, "size": 64, "channel_multiplier": 2, "batch": batch, "dtype": "float32",
          "ms_iteration": 1e3 * batch / ips, "spread_ms": "1-2", "images_per_s": ips, "compile_s": 10.0,
