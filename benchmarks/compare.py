@@ -13,8 +13,13 @@ and the ratio ours / official) and OUT/batch_sweep.png (stage-1 images/s against
 implementations). Presets (PRESETS below) hold the issue's targets: on the CPU, stage 1 at 64 px,
 channel_multiplier 2, batch 8; on a GPU, 256 px, batch 16, fp32 both and bf16 ours; test-time
 segmentation of 64 images (ours batched, the official loop one image at a time); the 256-px
-stage-1 compile time. A case that fails is reported with the tail of its output and the sweep goes
-on.
+stage-1 compile time. A case that fails or runs past its time is reported with the tail of its
+output and the sweep goes on. `--deadline S` bounds the whole sweep (a lent GPU's time is
+counted): a case starts only while at least `--min-case` seconds are left, runs at most until the
+deadline, and the cases not run are listed in the table; cases run in the preset's order, the
+issue's targets first. On GPUs both sides compute fp32 in IEEE fp32 unless `--tf32` (both
+then use TF32 tensor cores for fp32 convolutions and matmuls; left alone, PyTorch uses TF32 for
+its convolutions only and JAX for both).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -63,12 +69,13 @@ PRESETS = {
     ],
     # the 256-px stage-1 compile target alone: the four static variants, one after another (5 min)
     "cpu-compile": [case("stage1", 256, 16, impls=("ours",), group="compile", compile_only=True)],
+    # the issue's three GPU targets first (fp32 stage 1, bf16 MFU, batched segmentation), then the rest
     "gpu": [
         case("stage1", 256, 16),
         case("stage1", 256, 16, impls=("ours",), dtype="bfloat16"),
-        case("encoder", 256, 16),
         case("segment", 256, 1, impls=("official",), steps_timed=10, repeats=3),
         case("segment", 256, 64, impls=("ours",), steps_timed=10, repeats=3),
+        case("encoder", 256, 16),
         *[case("stage1", 256, b, group=SWEEP) for b in (4, 8, 32)],
     ],
 }
@@ -80,22 +87,31 @@ def argv_for(impl: str, c: dict, args) -> list[str]:
             "--channel-multiplier", str(args.channel_multiplier), "--repeats", str(args.repeats)]
     if impl == "official":
         argv += ["--official", str(args.official), "--device", args.device]
+    if args.tf32:
+        argv += ["--tf32"]
     for key, value in c["flags"].items():
         flag = "--" + key.replace("_", "-")
         argv += [flag] if value is True else [flag, str(value)]
     return argv
 
 
-def run_case(impl: str, c: dict, args) -> dict:
-    """One case in a fresh process; its row, or {'error': ...} with the output's tail."""
+def text(output) -> str:
+    return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
+
+
+def run_case(impl: str, c: dict, args, timeout: float) -> dict:
+    """One case in a fresh process, stopped after `timeout` seconds; its row, or
+    {'error': ...} with the output's tail."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "row.json"
         argv = argv_for(impl, c, args) + ["--json", str(out)]
-        proc = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), timeout=args.timeout)
+        failed = {"impl": impl, "what": c["what"], "size": c["size"], "batch": c["batch"], "command": " ".join(argv)}
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, env=os.environ.copy(), timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            return {**failed, "error": f"stopped after {timeout:.0f} s\n" + (text(e.stdout) + text(e.stderr))[-2000:]}
         if proc.returncode != 0 or not out.is_file():
-            tail = (proc.stdout + proc.stderr)[-2000:]
-            return {"impl": impl, "what": c["what"], "size": c["size"], "batch": c["batch"], "error": tail,
-                    "command": " ".join(argv)}
+            return {**failed, "error": (proc.stdout + proc.stderr)[-2000:]}
         r = json.loads(out.read_text())[-1]
         r.update(group=c["group"], command=" ".join(argv[1:]))
         return r
@@ -117,7 +133,7 @@ def ratio_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def markdown(rows: list[dict], pairs: list[dict], device: str) -> str:
+def markdown(rows: list[dict], pairs: list[dict], device: str, not_run: tuple[str, ...] = ()) -> str:
     lines = [f"Device: {device}", "",
              "| what | px | batch | dtype | ours img/s | official img/s | ours / official | ours ms/iter (spread) "
              "| official ms/iter (spread) | GFLOP/iter | MFU % | compile s | peak MiB |",
@@ -140,6 +156,8 @@ def markdown(rows: list[dict], pairs: list[dict], device: str) -> str:
     errors = [r for r in rows if "error" in r]
     for r in errors:
         lines.append(f"\nFailed: {r['impl']} {r['what']} {r['size']} px batch {r['batch']}: `{r['command']}`")
+    if not_run:
+        lines.append("\nNot run (deadline): " + "; ".join(not_run))
     return "\n".join(lines) + "\n"
 
 
@@ -175,29 +193,44 @@ def main(argv=None) -> int:
     p.add_argument("--channel-multiplier", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--timeout", type=float, default=3600, help="seconds per case")
+    p.add_argument("--deadline", type=float, help="seconds for the whole sweep; cases that do not fit are not run")
+    p.add_argument("--min-case", type=float, default=60, help="with --deadline: the fewest seconds a case starts with")
+    p.add_argument("--tf32", action="store_true", help="GPU: fp32 convolutions and matmuls in TF32, both sides")
     p.add_argument("--out", default="benchmarks/results/latest")
     args = p.parse_args(argv)
     if args.only != "ours" and not args.official:
         p.error("--official PATH is needed (or --only ours)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, not_run, start = [], [], time.monotonic()
     print(HEADER, flush=True)
     for c in PRESETS[args.preset]:
         for impl in c["impls"]:
             if args.only and impl != args.only:
                 continue
-            r = run_case(impl, c, args)  # a case's own --repeats comes last and wins
+            left = args.timeout if args.deadline is None else args.deadline - (time.monotonic() - start)
+            if args.deadline is not None and left < args.min_case:
+                not_run.append(f"{impl} {c['what']} {c['size']} px batch {c['batch']} {c['flags'].get('dtype', '')}".rstrip())
+                print(f"not run (deadline): {not_run[-1]}", flush=True)
+                continue
+            r = run_case(impl, c, args, min(args.timeout, left))  # a case's own --repeats comes last and wins
             rows.append(r)
             print(format_row(r) if "error" not in r else f"{impl} {c['what']} {c['size']} px batch {c['batch']}: "
                   f"FAILED\n{r['error']}", flush=True)
-            (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+            write_outputs(out, rows, not_run)
+    print("\n" + write_outputs(out, rows, not_run))
+    return 1 if any("error" in r for r in rows) else 0
+
+
+def write_outputs(out: Path, rows: list[dict], not_run: list[str]) -> str:
+    """results.json, table.md and batch_sweep.png of the rows so far (written after every case,
+    so a sweep stopped from outside keeps what it measured); returns the table."""
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     device = next((r["device"] for r in rows if "error" not in r and r["impl"] == "ours"), "?")
-    table = markdown(rows, ratio_rows(rows), device)
+    table = markdown(rows, ratio_rows(rows), device, tuple(not_run))
     (out / "table.md").write_text(table)
     plot_sweep(out / "batch_sweep.png", rows)
-    print("\n" + table)
-    return 1 if any("error" in r for r in rows) else 0
+    return table
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ checkout given by --official. Nothing of that code is stored in this repository.
     python benchmarks/official.py --official /tmp/official_ref --what segment --size 256 --images 2 \
         --steps 100 --steps-timed 5
     options: --channel-multiplier 2  --seg-dim 6  --no-lpips  --repeats 5  --warmup 1  --threads N
-             --device cpu|cuda  --json out.json (appends the row)
+             --device cpu|cuda  --tf32  --json out.json (appends the row)
 
 Networks as the official scripts build them (GeneratorSeg(size, 512, 8, seg_dim, 'RGB',
 channel_multiplier); Dr = Discriminator(size, 3, channel_multiplier); Dm =
@@ -52,6 +52,8 @@ upfirdn2d and fused_leaky_relu take their PyTorch fallbacks. Optional packages t
 scripts import at module level (tensorboard, cv2, albumentations, skimage, torchvision) are
 stubbed there when missing. With --device cuda nothing is stubbed for the ops: they compile as
 in the official code (ninja, nvcc), and cudnn.benchmark is on for stage1 / encoder as there.
+On cuda, fp32 is IEEE fp32 for convolutions and matmuls (torch's TF32 flags off) unless --tf32;
+ours.py has the same flag, so both sides do the same arithmetic.
 
 Output: the row of common.format_row, a summary line (device, torch, threads, per-variant ms or
 s/image, parameter counts), and with --json the row appended to a JSON list (ms_iteration,
@@ -407,7 +409,8 @@ def row(a, ms_iteration, stats, batch=None, **extra) -> dict:
             "ms_iteration": ms_iteration, "spread_ms": spread(stats),
             "timings_ms": stats, "images_per_s": batch / (ms_iteration / 1e3),
             "peak_memory_mib": mem, "memory_source": source, "device": device, "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "repeats": a.repeats, "warmup": a.warmup, **extra}
+            "threads": torch.get_num_threads(), "repeats": a.repeats, "warmup": a.warmup,
+            **({"tf32": a.tf32} if a.device.startswith("cuda") else {}), **extra}
 
 
 BENCHES = {"stage1": bench_stage1, "encoder": bench_encoder, "segment": bench_segment}
@@ -430,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--tf32", action="store_true",
+                   help="cuda: convolutions and matmuls in TF32 (default: both IEEE fp32; torch's own default is "
+                        "TF32 convolutions, fp32 matmuls)")
     p.add_argument("--json", help="append the result row to this JSON list file")
     return p
 
@@ -441,6 +447,7 @@ def run(a) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.backends.cudnn.benchmark = a.what != "segment"  # as train_seg_gan.py / train_enc.py set it
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = a.tf32  # as ours.py --tf32
     modules = import_official(a.official, MODULES[a.what], device=a.device)
     return BENCHES[a.what](a, modules)
 

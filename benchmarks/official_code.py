@@ -5,7 +5,11 @@ is stored in this repository; it is imported from `repo` at run time.
 On CPU, `torch.utils.cpp_extension.load` is replaced by a stub while importing, so models/op does
 not compile its CUDA extensions: on CPU tensors `upfirdn2d` and `fused_leaky_relu` take their
 native PyTorch paths and never touch the extension. On a GPU nothing is replaced and the official
-code compiles its ops as it does itself (ninja and nvcc needed).
+code compiles its ops as it does itself (ninja and nvcc needed). `build_cuda_ops` compiles both
+ops at once beforehand (importing models.op builds them one after the other), and prints what
+failed first rather than inside every official case:
+
+    python benchmarks/official_code.py --build-cuda-ops /tmp/official
 
 Optional packages the official scripts import at module level but the timed code never calls
 (tensorboard's SummaryWriter for logging, cv2 / albumentations for the data loader,
@@ -18,14 +22,14 @@ network the timed code runs: the backbone of the official LPIPS.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
-
-import torch
-from torch import nn
 
 # module -> attributes the official code imports from it
 OPTIONAL = {
@@ -37,6 +41,8 @@ OPTIONAL = {
     "skimage.measure": ("compare_ssim",),
     "torchvision": ("models", "transforms", "utils"),
 }
+# the official models/op modules; each compiles its CUDA extension with cpp_extension.load on import
+CUDA_OPS = ("models/op/upfirdn2d.py", "models/op/fused_act.py")
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
@@ -55,6 +61,8 @@ class Stub(types.ModuleType):
 def vgg16(pretrained=False, **kwargs):
     """torchvision's VGG16 layer stack as `.features` (randomly initialised), for the LPIPS
     backbone when torchvision is unavailable."""
+    from torch import nn  # torch only where the official modules are used (build_cuda_ops needs none)
+
     layers, width = [], 3
     for v in VGG16:
         if v == "M":
@@ -117,7 +125,7 @@ def import_official(repo, modules, device: str = "cpu") -> dict[str, types.Modul
         cpp_extension.load = load
 
 
-def perceptual_loss(lpips_module, device: str, **kwargs) -> nn.Module:
+def perceptual_loss(lpips_module, device: str, **kwargs):
     """The official `lpips.PerceptualLoss(model='net-lin', net='vgg', **kwargs)` on `device`: its
     linear layers from the checkout's models/lpips/weights, its VGG16 backbone randomly
     initialised (the ImageNet weights it would download cannot be fetched here; the cost is the
@@ -129,3 +137,41 @@ def perceptual_loss(lpips_module, device: str, **kwargs) -> nn.Module:
         return lpips_module.PerceptualLoss(model="net-lin", net="vgg", **kwargs).to(device)
     finally:
         pn.tv = tv
+
+
+def build_cuda_ops(repo, timeout: float = 1200) -> float:
+    """Compile the official CUDA extensions (upfirdn2d, fused_bias_act) of the checkout at `repo`
+    at the same time, each op module run in its own process. torch caches each build (under
+    TORCH_EXTENSIONS_DIR, by default ~/.cache/torch_extensions) and every later import of
+    models.op loads it. Returns the seconds taken; raises RuntimeError naming each op module that
+    failed, with the tail of its output."""
+    t0 = time.perf_counter()
+    procs = {op: subprocess.Popen([sys.executable, "-c", f"import runpy; runpy.run_path({str(Path(repo) / op)!r})"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for op in CUDA_OPS}
+    failed = []
+    for op, proc in procs.items():
+        try:
+            out, _ = proc.communicate(timeout=max(1.0, timeout - (time.perf_counter() - t0)))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            failed.append(f"{op}: not built within {timeout:.0f} s\n{out[-3000:]}")
+            continue
+        if proc.returncode:
+            failed.append(f"{op}: exit status {proc.returncode}\n{out[-3000:]}")
+    if failed:
+        raise RuntimeError(f"building the official CUDA ops of {repo} failed:\n" + "\n".join(failed))
+    return time.perf_counter() - t0
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Compile the official code's CUDA ops (needs nvcc and a CUDA torch).")
+    p.add_argument("--build-cuda-ops", metavar="OFFICIAL", required=True, help="checkout of nv-tlabs/semanticGAN_code")
+    a = p.parse_args(argv)
+    seconds = build_cuda_ops(a.build_cuda_ops)
+    print(f"official CUDA ops built in {seconds:.0f} s: {', '.join(CUDA_OPS)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

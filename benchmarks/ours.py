@@ -6,7 +6,7 @@ randomly initialised networks and random batches.
     python benchmarks/ours.py --what encoder --size 64  --batch 8
     python benchmarks/ours.py --what segment --size 256 --batch 64 --steps 100 --steps-timed 5
     options: --width full|narrow  --dtype float32|bfloat16  --repeats 5 --warmup 1  --json out.json
-             --cpu-convs auto|ynnpack|eigen
+             --cpu-convs auto|ynnpack|eigen  --tf32
 
 stage1: `gan.train_step` (Dr, Dm, G updates, style mixing, EMA; one jit, state donated) in its
 three compiled variants, plain, +lazy R1 (Dr and Dm) and +path length; the iteration time is the
@@ -216,7 +216,8 @@ def row(a, ms_iteration, flops, compile_s, xla_bytes, stats, **extra) -> dict:
             "peak_memory_mib": (peak_bytes if peak_bytes is not None else xla_bytes) / 2 ** 20,
             "memory_source": "device peak_bytes_in_use" if peak_bytes is not None else "XLA estimate",
             "device": f"{dev.device_kind} ({dev.platform})", "jax": jax.__version__,
-            **({"cpu_convs": cpu_convs(a)} if dev.platform == "cpu" else {}),
+            **({"cpu_convs": cpu_convs(a)} if dev.platform == "cpu" else
+               {"matmul_precision": jax.config.jax_default_matmul_precision}),
             "repeats": a.repeats, "warmup": a.warmup,
             **{k: v for k, v in extra.items() if v is not None}}
 
@@ -242,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu-convs", choices=("auto", *CONV_LIBRARIES), default="auto",
                    help="XLA:CPU convolution library (semgan_jax/xla_cpu.py); auto: eigen for --width full, "
                         "ynnpack (JAX's default) for narrow")
+    p.add_argument("--tf32", action="store_true",
+                   help="GPU, float32: convolutions and matmuls in TF32 (default: IEEE fp32, precision 'float32')")
     p.add_argument("--json", help="append the result row to this JSON list file")
     return p
 
@@ -254,6 +257,8 @@ def main(argv=None) -> dict:
     a = build_parser().parse_args(argv)
     use_cpu_conv_library(cpu_convs(a))
     dev = jax.devices()[0]
+    if dev.platform != "cpu" and a.dtype == "float32":  # the official side sets torch's TF32 flags alike
+        jax.config.update("jax_default_matmul_precision", "tensorfloat32" if a.tf32 else "float32")
     peak_flops(dev.device_kind, dev.platform, a.dtype)  # a first CPU sample, before the benchmark loads the machine
     r = BENCHES[a.what](a)
     report(r, a.json)

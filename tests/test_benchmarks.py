@@ -5,6 +5,7 @@ speed."""
 import gzip
 import importlib
 import json
+import pathlib
 import sys
 
 import numpy as np
@@ -162,3 +163,60 @@ def test_scan_flops_counts_every_step_of_the_loop():
     one_body = ours.compile_timed(program(7), x)[2]
     assert one_body < 3 * matmul  # the plain cost analysis: the body once, not 7 times
     assert ours.scan_flops(program, x, steps=7, loop_flops=one_body) == pytest.approx(8 * matmul, rel=0.05)
+
+
+def test_compare_deadline_lists_the_cases_it_could_not_start(tmp_path):
+    """With no time left nothing starts: the table names each skipped case and nothing failed."""
+    assert compare.main(["--preset", "cpu", "--only", "ours", "--deadline", "0", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table.md").read_text()
+    skipped = table.split("Not run (deadline): ")[1].strip().split("; ")
+    assert skipped[:2] == ["ours stage1 64 px batch 8", "ours stage1 64 px batch 8 bfloat16"]
+    assert len(skipped) == sum("ours" in c["impls"] for c in compare.PRESETS["cpu"])
+    assert json.loads((tmp_path / "results.json").read_text()) == []
+
+
+def test_compare_reports_a_case_past_its_time_and_goes_on():
+    args = compare.argparse.Namespace(channel_multiplier=2, repeats=1, official=None, device="cpu", tf32=False)
+    r = compare.run_case("ours", compare.case("stage1", 16, 2), args, timeout=0.05)  # python starts slower
+    assert r["error"].startswith("stopped after 0 s") and "ours.py --what stage1 --size 16" in r["command"]
+
+
+def test_every_case_argv_parses_on_our_side_with_the_shared_flags():
+    ours = importlib.import_module("ours")
+    args = compare.argparse.Namespace(channel_multiplier=2, repeats=3, official="/x", device="cuda", tf32=True)
+    for cases in compare.PRESETS.values():
+        for c in cases:
+            a = ours.build_parser().parse_args(compare.argv_for("ours", c, args)[2:])
+            assert a.tf32 and a.what == c["what"] and a.batch == c["batch"] and a.size == c["size"]
+            assert a.repeats == c["flags"].get("repeats", 3)  # a case's own --repeats wins
+            official = compare.argv_for("official", c, args)
+            assert official[official.index("--device") + 1] == "cuda" and "--tf32" in official
+
+
+def _fake_ops(root, body):
+    for op in importlib.import_module("official_code").CUDA_OPS:
+        (root / op).parent.mkdir(parents=True, exist_ok=True)
+        (root / op).write_text(body.format(name=(root / op).stem))
+
+
+def test_official_cuda_ops_build_at_the_same_time(tmp_path):
+    """Each fake op module writes its marker, then waits for every other op's: only a concurrent
+    build finishes (one after the other, the first would time out and fail)."""
+    oc = importlib.import_module("official_code")
+    others = [str(tmp_path / (p.rsplit("/", 1)[1] + ".done")) for p in oc.CUDA_OPS]
+    _fake_ops(tmp_path, "import pathlib, time\n"
+                        f"pathlib.Path({str(tmp_path)!r}, '{{name}}.py.done').touch()\n"
+                        "t = time.time()\n"
+                        f"while not all(pathlib.Path(p).exists() for p in {others!r}):\n"
+                        "    assert time.time() - t < 60, 'built alone'\n"
+                        "    time.sleep(0.05)\n")
+    assert oc.build_cuda_ops(tmp_path) > 0
+    assert all(pathlib.Path(p).exists() for p in others)
+
+
+def test_official_cuda_op_build_failure_names_the_op(tmp_path):
+    oc = importlib.import_module("official_code")
+    _fake_ops(tmp_path, "raise SystemExit('nvcc fatal : {name} broken' if '{name}' == 'fused_act' else 0)\n")
+    with pytest.raises(RuntimeError, match=r"(?s)fused_act\.py: exit status 1.*nvcc fatal : fused_act broken") as e:
+        oc.build_cuda_ops(tmp_path)
+    assert "upfirdn2d" not in str(e.value)
