@@ -151,6 +151,26 @@ def test_bfloat16_compute_keeps_float32_params_and_losses():
     assert max(jax.tree.leaves(moved)) > 0
 
 
+@pytest.mark.parametrize("reg_conv_form", ["direct", "dense"])
+def test_bfloat16_mode_runs_every_convolution_in_bfloat16(reg_conv_form):
+    """The stage-1 step with R1 and path length, lowered in bf16 mode: each convolution (modulated
+    convs, FIR filters, Dr, Dm, their gradients and the regularisers' double backward) takes and
+    gives bf16; only small matmuls (mapping net, style affines, demodulation) stay in f32."""
+    import re
+
+    cfg = tiny_gan_config(**{"model.dtype": "bfloat16", "model.reg_conv_form": reg_conv_form})
+    models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
+    hp = gan.hparams_from_config(cfg.train)
+    state = jax.eval_shape(lambda: gan.init_state(models, jax.random.PRNGKey(0)))
+    batch = {name: jax.ShapeDtypeStruct((8, 16, 16, c), jnp.float32)
+             for name, c in (("image", 3), ("seg_image", 3), ("seg_mask", cfg.model.seg_dim))}
+    text = jax.jit(lambda s, b: gan.train_step(models, hp, s, b, d_reg=True, g_reg=True)).lower(state, batch).as_text()
+    convs = [re.findall(r"x(f32|bf16)>", line.rsplit(":", 1)[-1])
+             for line in text.splitlines() if "stablehlo.convolution" in line]
+    assert len(convs) > 100 and all(types == ["bf16"] * 3 for types in convs)
+    assert any("stablehlo.dot_general" in line and "xbf16>" in line for line in text.splitlines())
+
+
 def test_fid_every_eval_steps_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     """With eval.stats set, FID / IS of G_ema samples are logged every eval.every steps and the
     best-FID checkpoint is kept in WORKDIR/best (random Inception weights: the code path)."""
