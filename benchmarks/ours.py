@@ -183,6 +183,9 @@ def bench_segment(a) -> dict:
         return infer.jit_invert(inv, c)
 
     compiled, compile_s, loop_flops, mem = compile_timed(program(cfg.step), variables, x, jax.random.PRNGKey(1))
+    if a.compile_only:
+        return row(a, float("nan"), float("nan"), compile_s, mem, None, compile_only=True,
+                   compile_s_variants={"loop": compile_s}, steps_timed=cfg.step)
     stats = time_calls(lambda: jax.block_until_ready(compiled(variables, x, jax.random.PRNGKey(1))),
                        a.repeats, a.warmup)
     scale = a.steps / cfg.step  # to the full --steps optimisation
@@ -237,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--steps", type=int, default=100, help="segment: optimisation steps per image")
     p.add_argument("--steps-timed", type=int, default=0, help="segment: steps actually run (0 = --steps), scaled")
-    p.add_argument("--compile-only", action="store_true", help="stage1: compile the four variants (plain, +R1, +path, both), time nothing")
+    p.add_argument("--compile-only", action="store_true",
+                   help="compile, time nothing (stage1: the four variants plain, +R1, +path, both; segment: the "
+                        "--steps-timed loop); reports compile time and, on the CPU, XLA's memory estimate")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--cpu-convs", choices=("auto", *CONV_LIBRARIES), default="auto",

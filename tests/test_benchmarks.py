@@ -113,6 +113,15 @@ def test_ours_compile_only_compiles_the_four_stage1_variants():
     assert r["compile_only"] and r["gflop_per_iteration"] > 0 and np.isnan(r["ms_iteration"])
 
 
+def test_ours_compile_only_segment_reports_the_loop_and_its_memory():
+    ours = importlib.import_module("ours")
+    r = ours.main(["--what", "segment", "--size", "16", "--width", "narrow", "--batch", "4", "--no-lpips",
+                   "--steps-timed", "2", "--compile-only"])
+    assert r["compile_only"] and r["compile_s_variants"] == {"loop": r["compile_s"]} and r["compile_s"] > 0
+    assert r["peak_memory_mib"] > 0 and np.isnan(r["ms_iteration"]) and r["steps_timed"] == 2
+    assert "segment at 16 px, batch 4, float32: loop" in compare.markdown([r], [], "cpu")
+
+
 def test_bf16_curves_summary_and_plot(tmp_path):
     curves = importlib.import_module("bf16_curves")
     assert curves.running_mean([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
