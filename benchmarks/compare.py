@@ -96,6 +96,7 @@ def argv_for(impl: str, c: dict, args) -> list[str]:
 
 
 def text(output) -> str:
+    """A subprocess's captured output as str (TimeoutExpired keeps bytes, or None)."""
     return output.decode(errors="replace") if isinstance(output, bytes) else output or ""
 
 
