@@ -33,8 +33,8 @@ on the same images: both evaluate commands read the split in index order
 `metrics.SegmentationMetrics` (tests/test_claims.py checks the order). The numbers reported are
 dataset-level mIoU over the 6 classes (`dataset.miou`), pixel accuracy and per-class IoU.
 
-Time budgets. Training runs are capped by `log.max_minutes` (the loop's clock starts before the
-first step, so the first compile counts against it; a capped run saves a checkpoint and exits 0;
+Time budgets. Training runs are capped by `log.max_minutes` (training time: the loop's clock
+leaves out compiling the step, here mostly cache reads after the warm-up; a capped run saves a checkpoint and exits 0;
 the configs' iteration counts, 1500 / 1000 / 3000, are the upper limit). Measured on this 2-core
 CPU: stage 1 at 32 px, narrow networks ≈ 30 images/s (benchmarks/ours.py --what stage1 --size 32 --width narrow --batch 16); stage 2
 ≈ 50 images/s (metrics.jsonl of `make demo`); the U-Net ≈ 200 images/s; inversion (100 steps)

@@ -9,6 +9,7 @@ CPU, 8 fake CPU devices, a GPU node or a TPU pod (`maybe_initialize_distributed`
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import numpy as np
@@ -92,10 +93,13 @@ class StepCompiler:
 
     def __init__(self, jitted, name: str):
         self.jitted, self.name, self.compiled = jitted, name, {}
+        self.compile_seconds = 0.0  # wall time spent compiling (and waiting at the barriers)
 
     def __call__(self, *args, static: tuple = ()):
         if static not in self.compiled:
+            t0 = time.perf_counter()
             self.compiled[static] = self.jitted.lower(*args, *static).compile()
             barrier(f"{self.name} {static} compiled")
+            self.compile_seconds += time.perf_counter() - t0
         return self.compiled[static](*args)
 

@@ -11,7 +11,8 @@ One iteration (`train_step`, a single jitted function of (state, batch)):
      Dm's losses reach G only through the seg branch.
   5. Every g_reg_every iterations: path-length regulariser on batch // path_batch_shrink,
      weighted path_regularize * g_reg_every, its own optimiser step.
-  6. EMA of G's parameters with decay 0.5 ** (32 / 10000).
+  6. EMA of G's parameters with decay 0.5 ** (32 / 10000) (or StyleGAN2-ADA's ramp-up:
+     `train.ema_rampup`, off in the reference configs).
 Every optimiser update is refused when its loss or a gradient is non-finite (train/guard.py);
 `state.health` records which, and the loop stops or skips as `train.on_nonfinite` says.
 Whether an iteration regularises is static (`d_reg`, `g_reg`, decided on the host from the step
@@ -41,7 +42,7 @@ from semgan_jax import losses
 from semgan_jax.models.discriminator import ImageDiscriminator, MaskDiscriminator
 from semgan_jax.models.generator import Generator, init_generator
 from semgan_jax.train import guard
-from semgan_jax.train.state import ema_update, lazy_adam
+from semgan_jax.train.state import ema_decay_at, ema_update, lazy_adam
 
 
 @flax.struct.dataclass
@@ -96,6 +97,7 @@ class GANHParams:
     lambda_dseg_feat: float
     ema_decay: float
     g_reg_offset: int = 0
+    ema_rampup: float = 0.0
 
     def __post_init__(self):
         if not 0 <= self.g_reg_offset < self.g_reg_every:
@@ -134,6 +136,8 @@ def default_config():
                                       # 0 = the reference; 2 never meets R1 (d_reg_every 16), so the
                                       # step with both regularisers is never compiled (3 programs, not 4)
         mixing=0.9, lambda_dseg_feat=2.0, ema_decay=0.5 ** (32 / 10000),
+        ema_rampup=0.0,               # > 0: StyleGAN2-ADA's EMA ramp-up (half-life min(h, rampup * step)
+                                      # iterations, h that of ema_decay); 0 = the reference (constant)
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
         on_nonfinite="stop"))         # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
     c.log = ml_collections.ConfigDict(dict(
@@ -340,8 +344,8 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     if g_reg:
         g, g_opt, mean_path_length, last_reg, ok_path = g_regularize((g, g_opt, mean_path_length, last_reg))
 
-    # 6. EMA
-    g_ema = ema_update(state.g_ema, g, hp.ema_decay)
+    # 6. EMA (constant decay as the reference, or ramped up from a copy: train.ema_rampup)
+    g_ema = ema_update(state.g_ema, g, ema_decay_at(state.step, hp.ema_decay, hp.ema_rampup))
 
     health = guard.record(state.health, state.step, (ok_d_img, ok_d_seg, ok_r1_img, ok_r1_seg, ok_g, ok_path))
     metrics.update(last_reg)

@@ -48,7 +48,9 @@ def run(state, step_fn, next_batch: Callable[[], Any], *, total: int, log_cfg, c
     *flags(i))`, `step_fn` jitted with the flags static (compiled per variant by
     `parallel.StepCompiler`).
 
-    log_cfg: log_every, viz_every, save_every, max_minutes (0 = no limit). `state.health` (see
+    log_cfg: log_every, viz_every, save_every, max_minutes (0 = no limit; training time: the
+    wall time less compiling the step and `evaluate`, so a budget buys the same iterations with a
+    cold or a warm compilation cache). `state.health` (see
     train/guard.py; `updates` names its bits) is checked at every log and before every save: with
     on_nonfinite='stop' a refused non-finite update raises FloatingPointError naming the step,
     the networks and the last good checkpoint (nothing later is saved). `evaluate(state, step) ->
@@ -66,7 +68,7 @@ def run(state, step_fn, next_batch: Callable[[], Any], *, total: int, log_cfg, c
     check(state)  # also validates on_nonfinite before any work
     step = StepCompiler(step_fn, "train step")
     stop = StopSignal()
-    t_start = time.perf_counter()
+    t_start, eval_seconds = time.perf_counter(), 0.0
     try:
         for i in range(int(state.step), total):
             state, metrics = step(state, next_batch(), *consts, static=flags(i))
@@ -78,8 +80,11 @@ def run(state, step_fn, next_batch: Callable[[], Any], *, total: int, log_cfg, c
             if done % log_cfg.viz_every == 0 or done == total:
                 write_samples(state, done)
             if evaluate is not None and eval_every and (done % eval_every == 0 or done == total):
+                t_eval = time.perf_counter()
                 logger.log(done, evaluate(state, done))
-            out_of_time = log_cfg.max_minutes and time.perf_counter() - t_start > 60 * log_cfg.max_minutes
+                eval_seconds += time.perf_counter() - t_eval
+            trained = time.perf_counter() - t_start - step.compile_seconds - eval_seconds
+            out_of_time = log_cfg.max_minutes and trained > 60 * log_cfg.max_minutes
             if done % log_cfg.save_every == 0 or done == total or stop.received or out_of_time:
                 check(state)
                 save(state)

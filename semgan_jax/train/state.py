@@ -54,6 +54,22 @@ def ema_update(ema_params, params, decay: float = EMA_DECAY):
     return jax.tree.map(lambda e, p: e * decay + (1.0 - decay) * p, ema_params, params)
 
 
+def ema_decay_at(step, decay: float = EMA_DECAY, rampup: float = 0.0):
+    """EMA decay of the update made after `step` iterations (a traced int or a Python int).
+
+    rampup = 0: the constant `decay` (the reference). rampup > 0: StyleGAN2-ADA's ramp-up,
+    ``ema_nimg = min(ema_kimg * 1000, cur_nimg * rampup); beta = 0.5 ** (batch / ema_nimg)``,
+    written in iterations: the half-life min(h, rampup * step) iterations, h = log(0.5) / log(decay)
+    the reference's (312.5 iterations for 0.5 ** (32 / 10000)), so that the average forgets the
+    random initialisation in short runs. Step 0 copies (beta = 0), as ADA's first update.
+    """
+    if not rampup:
+        return jnp.float32(decay)
+    half_life = math.log(0.5) / math.log(decay)
+    ramped = jnp.minimum(half_life, rampup * jnp.asarray(step, jnp.float32))
+    return jnp.power(jnp.float32(0.5), 1.0 / jnp.maximum(ramped, 1e-8)).astype(jnp.float32)
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 2: Ranger and the encoder optimiser
 # --------------------------------------------------------------------------------------------
