@@ -98,6 +98,18 @@ def _add_inversion_args(p) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _open_inverter(args) -> BatchedInverter | None:
+    """The inverter of --checkpoint; None after printing one error line for a missing or wrong run
+    directory (no config.json, no checkpoint, a stage-1 run without --mean-init, ...)."""
+    from semgan_jax.data.common import printable
+
+    try:
+        return BatchedInverter(args.checkpoint, _invert_config(args), args.lpips, args.batch, args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        print(printable(f"error: {err}"), file=sys.stderr)
+        return None
+
+
 def register_segment(subparsers) -> None:
     p = subparsers.add_parser("segment", help="label maps for images by generator inversion",
                               description="Writes OUT/mask (integer class PNGs), mask_rgb, recon, overlay "
@@ -138,7 +150,9 @@ def run_segment(args) -> int:
                             "in separate runs (--out)"), file=sys.stderr)
             return 2
         by_stem[f.stem] = f
-    inverter = BatchedInverter(args.checkpoint, _invert_config(args), args.lpips, args.batch, args.seed)
+    inverter = _open_inverter(args)
+    if inverter is None:
+        return 1
     palette = get_dataset_info(inverter.stage1.data.name).palette
     out = Path(args.out)
     for sub in ("mask", "mask_rgb", "recon", "overlay") + (("latent",) if args.save_latent else ()):
@@ -208,7 +222,9 @@ def run_evaluate(args) -> int:
     if bool(args.images) != bool(args.masks):
         print("error: --images and --masks go together", file=sys.stderr)
         return 2
-    inverter = BatchedInverter(args.checkpoint, _invert_config(args), args.lpips, args.batch, args.seed)
+    inverter = _open_inverter(args)
+    if inverter is None:
+        return 1
     info = get_dataset_info(inverter.stage1.data.name)
     metrics = SegmentationMetrics(len(info.class_names), info.class_names)
     examples = (_folder_examples(inverter, args.images, args.masks) if args.images

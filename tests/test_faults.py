@@ -185,7 +185,8 @@ def test_resumed_metrics_forget_rows_after_the_checkpoint(tmp_path):
 # ---------------------------------------------------------------------------------------------
 
 def _launch(workdir, overrides, log):
-    """`semgan train-gan --resume` in a subprocess, stdout and stderr to the file `log`."""
+    """`semgan train-gan --config experiments/synthetic_32.py --resume` (as the launch recipes: a fresh
+    workdir starts) in a subprocess, stdout and stderr to the file `log`."""
     import os
     import subprocess
     import sys
@@ -194,8 +195,9 @@ def _launch(workdir, overrides, log):
 
     env = {**os.environ, "SEMGAN_JAX_CACHE": CACHE_DIR, "JAX_PLATFORMS": "cpu"}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "semgan_jax.cli", "train-gan", "--workdir", str(workdir),
-                                 "--resume", *overrides], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "semgan_jax.cli", "train-gan", "--config",
+                                 "experiments/synthetic_32.py", "--workdir", str(workdir), "--resume", *overrides],
+                                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def _metric_rows(workdir):

@@ -29,7 +29,8 @@ def _add_config_args(p, default_config: str) -> None:
 def load_run_config(args, overrides: list[str]):
     """Config + `--config.x=y` overrides. The config is --config, else (with --resume) the run's
     WORKDIR/config.json, else the command's default file. Refuses to overwrite a run without
-    --resume."""
+    --resume, and --resume without --config on a workdir holding neither checkpoints nor
+    config.json (a mistyped path would otherwise start a new run of the default config)."""
     import json
 
     import ml_collections
@@ -38,6 +39,14 @@ def load_run_config(args, overrides: list[str]):
 
     workdir = Path(args.workdir)
     saved = workdir / "config.json"
+    ckpt_dir = workdir / "checkpoints"
+    has_checkpoints = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())
+    if args.resume and not args.config and not has_checkpoints and not saved.is_file():
+        found = "does not exist" if not workdir.exists() else (
+            "is not a directory" if not workdir.is_dir() else "holds no run")
+        raise FileNotFoundError(
+            f"--resume: nothing to resume: {args.workdir} {found} (looked for checkpoints in {ckpt_dir} and the "
+            f"run's config in {saved}). Check the path; to start a new run there, drop --resume or pass --config")
     if args.config:
         config = load_config_file(args.config)
     elif args.resume and saved.is_file():
@@ -45,8 +54,7 @@ def load_run_config(args, overrides: list[str]):
     else:
         config = load_config_file(args.default_config)
     config = apply_overrides(config, overrides)
-    ckpt_dir = workdir / "checkpoints"
-    if not args.resume and ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
+    if not args.resume and has_checkpoints:
         raise FileExistsError(f"{args.workdir} already holds checkpoints: pass --resume to continue that run, "
                               "or choose a new --workdir")
     return config
