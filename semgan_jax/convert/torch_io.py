@@ -1,7 +1,9 @@
 """Reading and writing PyTorch .pt checkpoints safely (torch is the optional extra `[torch]`).
 
-Checkpoints are pickles, and unpickling can run arbitrary code. They are read only with
-`torch.load(weights_only=True)`, whose unpickler rebuilds tensors, containers and primitive
+Checkpoints are pickles, and unpickling can run arbitrary code. A file is first checked without
+unpickling it (`pickle_scan.check_checkpoint`: every name its pickles would import must be one
+torch.save writes for state dicts; empty, random and damaged files are told apart), then read
+with `torch.load(weights_only=True)`, whose unpickler rebuilds tensors, containers and primitive
 values, plus an allow-list of the classes the official checkpoints legitimately hold
 (`argparse.Namespace`, the `args` of train_seg_gan.py and rosinality's train.py). Anything else
 is refused with ConversionError before it is constructed: nothing from the file is executed.
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from semgan_jax.convert.errors import ConversionError
+from semgan_jax.convert.pickle_scan import check_checkpoint
 
 SAFE_GLOBALS = (argparse.Namespace,)
 INSTALL_HINT = "pip install 'semgan_jax[torch]' (or: pip install torch)"
@@ -48,10 +51,12 @@ def _to_numpy(obj, torch):
 def load_torch_checkpoint(path: str | os.PathLike) -> Any:
     """Read a .pt file with the restricted unpickler; tensors come back as NumPy arrays and
     argparse.Namespace as a dict. ConversionError for a missing file, a file that is not a
-    PyTorch checkpoint, or one holding anything off the allow-list."""
-    torch = _torch()
+    PyTorch checkpoint, or one holding anything off the allow-list (checked before torch is
+    needed)."""
     if not os.path.isfile(path):
         raise ConversionError(f"{path}: no such file")
+    check_checkpoint(path)
+    torch = _torch()
     try:
         with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -63,7 +68,10 @@ def load_torch_checkpoint(path: str | os.PathLike) -> Any:
                 f"what SemanticGAN / StyleGAN2 checkpoints hold (tensors, containers, numbers, strings, "
                 f"argparse.Namespace). Nothing from it was executed. If it is a whole pickled model, load it "
                 f"where you trust it and save its state_dict() instead.") from None
-        raise ConversionError(f"{path}: not a PyTorch checkpoint ({str(err).splitlines()[0]})") from None
+        # torch's own words end in advice to load with weights_only=False: keep only its finding
+        found = re.search(r"WeightsUnpickler error: (.*)", str(err))
+        raise ConversionError(f"{path}: refused by torch's restricted unpickler: "
+                              f"{found.group(1) if found else type(err).__name__}") from None
     except Exception as err:  # torch reports foreign files as RuntimeError, KeyError, EOFError, ...
         raise ConversionError(f"{path}: not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
     return _to_numpy(obj, torch)
