@@ -11,7 +11,9 @@ import argparse
 import sys
 
 from semgan_jax.convert.cli import register_convert, register_export
+from semgan_jax.oracle import register_oracle
 from semgan_jax.perceptual.cli import register_fid, register_inception_stats
+from semgan_jax.plot import register_plot
 from semgan_jax.segment import register_evaluate, register_segment
 from semgan_jax.train.commands import (register_evaluate_supervised, register_train_encoder, register_train_gan,
                                         register_train_supervised)
@@ -62,7 +64,7 @@ def run_prepare(args) -> int:
 
 REGISTRARS = [register_prepare, register_train_gan, register_train_encoder, register_segment, register_evaluate,
               register_convert, register_export, register_inception_stats, register_fid, register_train_supervised,
-              register_evaluate_supervised]
+              register_evaluate_supervised, register_oracle, register_plot]
 
 
 def build_parser() -> argparse.ArgumentParser:

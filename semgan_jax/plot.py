@@ -146,3 +146,74 @@ def plot_lines(path, series: list[dict], *, title: str = "", xlabel: str = "", y
     img = img.resize(size, Image.LANCZOS) if s > 1 else img
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     img.save(path, format="PNG")
+
+
+COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207)]
+# `semgan plot` default charts: file stem -> (metrics.jsonl keys, y-axis label)
+DEFAULT_CHARTS = {"oracle_agreement": (("oracle_agreement", "oracle_agreement_ema"), "mask agreement (mIoU)"),
+                  "oracle_ofd": (("oracle_ofd", "oracle_ofd_ema"), "oracle Frechet distance (OFD)"),
+                  "fid": (("fid",), "FID")}
+
+
+def _nice_top(v: float) -> float:
+    """The smallest of 1, 2, 2.5, 5 x 10^k at or above v (> 0)."""
+    k = 10 ** math.floor(math.log10(v))
+    return next(m * k for m in (1, 2, 2.5, 5, 10) if m * k >= v)
+
+
+def plot_metrics(workdir, keys, path, *, ylabel: str = "", title: str = "") -> bool:
+    """Chart of metrics.jsonl columns `keys` of a run against the step, as a PNG at `path`
+    (y from 0 to 1 when every value is in [0, 1], else to a round number above the largest).
+    Returns False (and writes nothing) when no row holds any of the keys."""
+    import json
+
+    rows = [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    series = []
+    for i, key in enumerate(keys):
+        pts = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        if pts:
+            series.append({"label": key, "x": [p[0] for p in pts], "y": [p[1] for p in pts],
+                           "color": COLORS[i % len(COLORS)], "marker": "circle" if len(pts) < 30 else None})
+    if not series:
+        return False
+    values = [y for ser in series for y in ser["y"]]
+    top = 1.0 if min(values) >= 0 and max(values) <= 1 else _nice_top(max(max(values), 1e-9))
+    plot_lines(path, series, title=title or str(workdir), xlabel="iteration", ylabel=ylabel, y_range=(0.0, top),
+               y_step=top / 5, log_x=False, x_ticks=_round_ticks(max(x for ser in series for x in ser["x"])))
+    return True
+
+
+def _round_ticks(last: float, n: int = 6) -> list[float]:
+    step = _nice_top(max(last, 1) / n)
+    return [k * step for k in range(int(last // step) + 1)]
+
+
+def register_plot(subparsers) -> None:
+    p = subparsers.add_parser("plot", help="chart a run's metrics.jsonl (oracle scores, FID) as PNG files",
+                              description="Writes RUN/plots/NAME.png for each default chart that has data "
+                                          "(oracle_agreement, oracle_ofd, fid), or one chart of --keys.")
+    p.add_argument("run", help="a training run directory (holding metrics.jsonl)")
+    p.add_argument("--keys", help="comma-separated metrics.jsonl columns for one chart instead")
+    p.add_argument("--out", help="PNG path for --keys (default RUN/plots/KEYS.png)")
+    p.set_defaults(handler=run_plot)
+
+
+def run_plot(args) -> int:
+    import sys
+
+    run = Path(args.run)
+    if not (run / "metrics.jsonl").is_file():
+        print(f"error: {run / 'metrics.jsonl'} not found: RUN must be a training run directory", file=sys.stderr)
+        return 1
+    charts = ({"_".join(args.keys.split(",")): (tuple(args.keys.split(",")), "")} if args.keys else DEFAULT_CHARTS)
+    written = 0
+    for name, (keys, ylabel) in charts.items():
+        out = Path(args.out) if args.out and args.keys else run / "plots" / f"{name}.png"
+        if plot_metrics(run, keys, out, ylabel=ylabel, title=f"{run.name}: {ylabel or name}"):
+            print(out)
+            written += 1
+    if not written:
+        print(f"error: no rows of {run / 'metrics.jsonl'} hold {', '.join(k for c in charts.values() for k in c[0])}",
+              file=sys.stderr)
+        return 1
+    return 0

@@ -46,3 +46,70 @@ def test_ema_rampup_forgets_the_initialisation_in_a_short_run():
         return 1.0 - float(ema)   # weight still on the initial value
     assert run(0.0) == pytest.approx(0.5 ** (350 * 32 / 10000), rel=1e-3)
     assert run(0.05) < 1e-6
+
+
+# ------------------------------------------------------------------------------ oracle metrics
+
+ORACLE_ITERS = 300
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    """A 16-px oracle of the in-memory synthetic faces (a few hundred U-Net iterations), cached
+    under a temporary SEMGAN_JAX_ORACLE root."""
+    from semgan_jax import oracle as oracle_lib
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEMGAN_JAX_ORACLE", str(tmp_path_factory.mktemp("oracle_root")))
+        yield oracle_lib.load_oracle("synthetic", 16, None, iterations=ORACLE_ITERS)
+
+
+def _test_pairs(n=500):
+    from semgan_jax.data.pipeline import image_to_float
+    from semgan_jax.data.synthetic import synthetic_split
+
+    src = synthetic_split("test", 16)
+    ex = [src[i] for i in range(n)]
+    return image_to_float(np.stack([e["image"] for e in ex])), np.stack([e["mask"] for e in ex]).astype(np.int32)
+
+
+def test_oracle_agreement_of_real_pairs_is_its_test_miou(oracle):
+    from semgan_jax import oracle as oracle_lib
+
+    images, masks = _test_pairs()
+    assert oracle.record["test_miou"] > 0.6, oracle.record  # an oracle worth the name, even this small
+    assert oracle_lib.mask_agreement(oracle, images, masks) == pytest.approx(oracle.record["test_miou"], abs=1e-6)
+    shuffled = masks[np.random.default_rng(0).permutation(len(masks))]
+    assert oracle_lib.mask_agreement(oracle, images, shuffled) < oracle.record["test_miou"] - 0.25
+
+
+def test_random_generator_scores_near_chance(oracle):
+    import jax
+
+    from semgan_jax import oracle as oracle_lib
+    from semgan_jax.metrics import FeatureStats, frechet_distance
+    from semgan_jax.models.generator import Generator, init_generator
+
+    g = Generator(size=16, style_dim=32, n_mlp=2, seg_dim=6, channel_max=16)
+    params = init_generator(g, jax.random.PRNGKey(0))["params"]
+    run = jax.jit(lambda z, k: g.apply({"params": params}, z, rngs={"noise": k}))
+
+    def sample_fn(key, b):
+        kz, kn = jax.random.split(key)
+        return run(jax.random.normal(kz, (b, 32)), kn)
+
+    scores = oracle_lib.generator_scores(oracle, sample_fn, jax.random.PRNGKey(1), 256)
+    # chance: G's masks as unrelated to the oracle's as a shuffled real pairing, or worse
+    images, masks = _test_pairs()
+    chance = oracle_lib.mask_agreement(oracle, images, masks[np.random.default_rng(0).permutation(len(masks))])
+    assert scores["agreement"] < chance + 0.05, (scores, chance)
+    # real training images sit far closer to the test split than the random generator's images
+    from semgan_jax.data.pipeline import image_to_float
+    from semgan_jax.data.synthetic import synthetic_split
+
+    src = synthetic_split("train", 16)
+    real = image_to_float(np.stack([src[i]["image"] for i in range(256)]))
+    stats = FeatureStats(oracle(real[:2])[1].shape[1])
+    stats.update(oracle(real)[1])
+    real_ofd = frechet_distance(stats.mean, stats.cov, *oracle.split_stats("test"))
+    assert scores["ofd"] > 5 * real_ofd, (scores, real_ofd)

@@ -85,6 +85,7 @@ class UNet(nn.Module):
             skips.append(x)
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = ConvBlock(self.base_width * 2 ** self.depth, **block, name="bottleneck")(x)
+        self.sow("intermediates", "bottleneck_features", x)  # (N, H / 2**depth, W / 2**depth, width): oracle.py
         for level in reversed(range(self.depth)):
             width = self.base_width * 2 ** level
             if self.up == "transpose":

@@ -139,7 +139,8 @@ def default_config():
         ema_rampup=0.0,               # > 0: StyleGAN2-ADA's EMA ramp-up (half-life min(h, rampup * step)
                                       # iterations, h that of ema_decay); 0 = the reference (constant)
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
-        on_nonfinite="stop"))         # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
+        on_nonfinite="stop",          # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
+        trainable="all"))             # 'all' | 'seg_branch': only ToSEG and Dm train, G frozen (seg_branch.py)
     c.log = ml_collections.ConfigDict(dict(
         log_every=100, viz_every=100, n_sample=64, save_every=2000, keep=5,
         max_minutes=0.0))             # stop (with a checkpoint) after this wall time; 0 = no limit
@@ -148,7 +149,10 @@ def default_config():
         every=1000,                   # the reference's eval_every
         n_samples=10_000,             # G_ema samples per FID / IS (the reference draws 10k)
         inception="",                 # torchvision Inception-v3 weights ("" = default location)
-        batch_size=50))
+        batch_size=50,
+        oracle=False,                 # oracle mask agreement / Fréchet distance of G and G_ema (oracle.py;
+                                      # datasets with labels to spare, e.g. synthetic)
+        oracle_samples=512))
     return c
 
 
@@ -209,8 +213,12 @@ def mixing_styles(key, g: Generator, batch: int, prob: float):
     return z, inject
 
 
-def generate(models: GANModels, params, key, batch: int, prob: float, return_latents=False):
-    """G(z) with style mixing and fresh noise: (image, seg[, w+])."""
+def generate(models: GANModels, params, key, batch: int, prob: float, return_latents=False, draw=None):
+    """G(z) with style mixing and fresh noise: (image, seg[, w+]). `draw` (tests) replaces the
+    key's draws: {'z': (2, batch, style_dim), 'inject': int (n_latent = no mixing), 'noise': maps}."""
+    if draw is not None:
+        return models.g.apply({"params": params}, list(draw["z"]), inject_index=draw["inject"],
+                              noise=list(draw["noise"]), return_latents=return_latents)
     k_style, k_noise = jax.random.split(key)
     z, inject = mixing_styles(k_style, models.g, batch, prob)
     return models.g.apply({"params": params}, z, inject_index=inject, rngs={"noise": k_noise},
@@ -234,11 +242,24 @@ def regularize_flags(step: int, hp: GANHParams) -> tuple[bool, bool]:
     return step % hp.d_reg_every == 0, (step - hp.g_reg_offset) % hp.g_reg_every == 0
 
 
-def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, *, d_reg: bool, g_reg: bool):
+def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, *, d_reg: bool, g_reg: bool,
+               draws=None, pin=None):
     """One stage-1 iteration. batch: 'image' (B, H, W, C) unlabeled reals; 'seg_image'
     (B, H, W, C) and 'seg_mask' (B, H, W, seg_dim) one-hot in [-1, 1] labeled reals.
     d_reg / g_reg: run the lazy R1 / path-length updates (see `regularize_flags`).
-    Returns (new state, metrics dict of float32 scalars)."""
+    Returns (new state, metrics dict of float32 scalars).
+
+    For tests against the official loop (tests/test_training_parity.py), None in production:
+    draws: recorded random draws replacing the key's, {'d_img' | 'd_seg' | 'g' | 'path': a
+    `generate` draw}, 'path' also with 'image_noise' (B/shrink, H, W, C) N(0, 1).
+    pin: f(update, values) -> values, called after each update (UPDATES names, and 'EMA') with
+    what it changed, e.g. (d_img, d_img_opt); what it returns continues the iteration."""
+    def _pin(update, *values):
+        return values if pin is None else pin(update, values)
+
+    def _draw(phase):
+        return None if draws is None else draws[phase]
+
     key, k_dimg, k_dseg, k_g, k_path, k_path_noise = jax.random.split(state.key, 6)
     real_img = batch["image"]
     real_seg_in = jnp.concatenate([batch["seg_image"], batch["seg_mask"]], axis=-1)
@@ -246,7 +267,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     metrics = {}
 
     # 1. Dr
-    fake_img, _ = generate(models, state.g, k_dimg, b, hp.mixing)
+    fake_img, _ = generate(models, state.g, k_dimg, b, hp.mixing, draw=_draw("d_img"))
 
     def d_img_loss(p):
         fake_pred = models.d_img.apply({"params": p}, fake_img)
@@ -255,10 +276,11 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
     (loss, (real_score, fake_score)), grads = jax.value_and_grad(d_img_loss, has_aux=True)(state.d_img)
     d_img, d_img_opt, ok_d_img = guard.apply_updates(models.d_img_tx, grads, state.d_img_opt, state.d_img, loss)
+    d_img, d_img_opt = _pin("Dr", d_img, d_img_opt)
     metrics.update(d_img=loss, d_img_real_score=real_score, d_img_fake_score=fake_score)
 
     # 2. Dm
-    fake_img, fake_seg = generate(models, state.g, k_dseg, b, hp.mixing)
+    fake_img, fake_seg = generate(models, state.g, k_dseg, b, hp.mixing, draw=_draw("d_seg"))
     fake_seg_in = jnp.concatenate([fake_img, fake_seg], axis=-1)
 
     def d_seg_loss(p, spectral):
@@ -270,6 +292,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(d_seg_loss, has_aux=True)(
         state.d_seg, state.d_seg_spectral)
     d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
+    d_seg, d_seg_opt, spectral = _pin("Dm", d_seg, d_seg_opt, spectral)
     metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
 
     # 3. lazy R1 on both discriminators
@@ -285,6 +308,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
         r1_i, grads = jax.value_and_grad(r1_img)(d_img)
         d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads), d_img_opt, d_img, r1_i)
+        d_img, d_img_opt = _pin("Dr R1", d_img, d_img_opt)
 
         def r1_seg(p):
             def d_fn(x):
@@ -294,6 +318,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
         (r1_s, spectral), grads = jax.value_and_grad(r1_seg, has_aux=True)(d_seg)
         d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, scaled(grads), d_seg_opt, d_seg, r1_s)
+        d_seg, d_seg_opt, spectral = _pin("Dm R1", d_seg, d_seg_opt, spectral)
         return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}, ok_i, ok_s
 
     last_reg = state.last_reg
@@ -304,7 +329,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
     # 4. G
     def g_loss(p, spectral):
-        fake_img, fake_seg = generate(models, p, k_g, b, hp.mixing)
+        fake_img, fake_seg = generate(models, p, k_g, b, hp.mixing, draw=_draw("g"))
         fake_img_pred = models.d_img.apply({"params": d_img}, fake_img)
         fake_in = jnp.concatenate([jax.lax.stop_gradient(fake_img), fake_seg], axis=-1)
         fake_feats, spectral = _dm(models, d_seg, spectral, fake_in)
@@ -317,6 +342,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
     (loss, (spectral, g_metrics)), grads = jax.value_and_grad(g_loss, has_aux=True)(state.g, spectral)
     g, g_opt, ok_g = guard.apply_updates(models.g_tx, grads, state.g_opt, state.g, loss)
+    g, g_opt, spectral = _pin("G", g, g_opt, spectral)
     metrics.update(g_metrics)
 
     # 5. lazy path-length regulariser
@@ -325,19 +351,25 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         path_batch = max(1, b // hp.path_batch_shrink)
         k_style, k_noise = jax.random.split(k_path)
 
+        draw = _draw("path")
+
         def path_loss(p):
-            z, inject = mixing_styles(k_style, models.g, path_batch, hp.mixing)
+            z, inject = ((list(draw["z"]), draw["inject"]) if draw is not None else
+                         mixing_styles(k_style, models.g, path_batch, hp.mixing))
             w_plus = models.g.apply({"params": p}, z, inject_index=inject, method=Generator.w_plus)
+            noise = dict(noise=list(draw["noise"])) if draw is not None else dict(rngs={"noise": k_noise})
 
             def synth(w):
-                return models.g_path.apply({"params": p}, w, input_is_latent=True, rngs={"noise": k_noise})[0]
+                return models.g_path.apply({"params": p}, w, input_is_latent=True, **noise)[0]
 
-            penalty, new_mean, lengths = losses.path_length_penalty(synth, w_plus, mean_path_length, k_path_noise)
+            penalty, new_mean, lengths = losses.path_length_penalty(
+                synth, w_plus, mean_path_length, k_path_noise, noise=None if draw is None else draw["image_noise"])
             return hp.path_regularize * hp.g_reg_every * penalty, (penalty, new_mean, lengths)
 
         (loss, (penalty, new_mean, lengths)), grads = jax.value_and_grad(path_loss, has_aux=True)(g)
         g, g_opt, ok = guard.apply_updates(models.g_tx, grads, g_opt, g, loss)
-        return g, g_opt, jnp.where(ok, new_mean, mean_path_length), {**last, "path": penalty,
+        g, g_opt, new_mean = _pin("G path length", g, g_opt, jnp.where(ok, new_mean, mean_path_length))
+        return g, g_opt, new_mean, {**last, "path": penalty,
                                                                      "path_length": lengths}, ok
 
     mean_path_length = state.mean_path_length
@@ -346,6 +378,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
     # 6. EMA (constant decay as the reference, or ramped up from a copy: train.ema_rampup)
     g_ema = ema_update(state.g_ema, g, ema_decay_at(state.step, hp.ema_decay, hp.ema_rampup))
+    (g_ema,) = _pin("EMA", g_ema)
 
     health = guard.record(state.health, state.step, (ok_d_img, ok_d_seg, ok_r1_img, ok_r1_seg, ok_g, ok_path))
     metrics.update(last_reg)
@@ -437,7 +470,7 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     from semgan_jax.checkpoint import Checkpointer
     from semgan_jax.data.datasets import get_dataset_info
     from semgan_jax.parallel import check_batch_size, make_mesh, replicated
-    from semgan_jax.train import loop
+    from semgan_jax.train import loop, seg_branch
     from semgan_jax.train.observe import MetricsLogger, write_config
 
     workdir = Path(workdir)
@@ -449,13 +482,13 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     hp = hparams_from_config(config.train)
     write_config(workdir, config)
 
-    state = jax.jit(lambda k: init_state(models, k), out_shardings=replicated(mesh))(
-        jax.random.PRNGKey(config.seed))
+    mode = seg_branch.stage1_mode(config.train, models, hp, mesh)  # what trains: train.trainable
+    state = jax.jit(mode.init, out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
     it_u, it_l = make_iterators(config, local_batch)
     iterators = {"unlabeled": it_u, "labeled": it_l}
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.log.keep)
     if resume:
-        state = loop.restore_latest(ckpt, state, iterators)
+        state = mode.restore(ckpt, state, iterators)  # a checkpoint of either mode
 
     palette = get_dataset_info(config.data.name).palette
     sample_z = jax.device_put(np.asarray(jax.random.normal(jax.random.PRNGKey(config.seed + 12345),
@@ -468,13 +501,29 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
             viz.save_samples(workdir / "samples" / f"step_{step:06d}.png", img, seg, palette)
 
     logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
-                           show=("d_img", "d_seg", "g", "fid"))
-    evaluate = fid_evaluator(config, models, workdir, iterators) if config.get("eval", {}).get("stats") else None
-    return loop.run(state, jit_train_step(models, hp, mesh), lambda: next_batch(it_u, it_l, mesh),
+                           show=("d_img", "d_seg", "g", "fid", "oracle_agreement_ema"))
+    evaluate = evaluator(config, models, workdir, iterators)
+    return loop.run(state, mode.step, lambda: next_batch(it_u, it_l, mesh),
                     total=config.train.iterations, log_cfg=config.log, ckpt=ckpt, iterators=iterators,
-                    logger=logger, write_samples=write_samples, updates=UPDATES,
-                    on_nonfinite=config.train.get("on_nonfinite", "stop"), flags=lambda i: regularize_flags(i, hp),
+                    logger=logger, write_samples=write_samples, updates=mode.updates,
+                    on_nonfinite=config.train.get("on_nonfinite", "stop"), flags=mode.flags,
                     evaluate=evaluate, eval_every=config.get("eval", {}).get("every", 0))
+
+
+def evaluator(config, models: GANModels, workdir, iterators: dict):
+    """evaluate(state, step) -> metrics of the evaluations the `eval` section asks for (FID / IS
+    with `eval.stats`, the oracle scores of G and G_ema with `eval.oracle`), or None for none."""
+    e = config.get("eval", {})
+    parts = []
+    if e.get("stats"):
+        parts.append(fid_evaluator(config, models, workdir, iterators))
+    if e.get("oracle"):
+        from semgan_jax import oracle
+
+        parts.append(oracle.stage1_evaluator(config, models))
+    if not parts:
+        return None
+    return lambda state, step: {k: v for part in parts for k, v in part(state, step).items()}
 
 
 def fid_evaluator(config, models: GANModels, workdir, iterators: dict):
