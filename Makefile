@@ -18,10 +18,11 @@ resume_if = $(if $(wildcard $(1)/checkpoints/*),--resume)
 
 .PHONY: venv test test-all bench demo clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+# The exact versions of constraints.txt (setup.cfg has the compatible ranges).
+$(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed

@@ -303,10 +303,22 @@ def test_tpu_table_agrees_with_tpu_pod_counting():
         assert got.split() == [row["hosts (processes)"], row["devices"], row["default BATCH"]], acc
 
 
-def test_jax_version_matches_setup_cfg():
-    pin = re.search(r"^\s*jax==([\d.]+)\s*$", (ROOT / "setup.cfg").read_text(), re.M).group(1)
-    for name in ("tpu_pod.sh", "multi_gpu.sh"):
-        assert call_functions(SCRIPTS[name], ["jax_version"], "jax_version") == pin, name
+def test_install_steps_use_setup_cfg_extras_and_the_constraints(tmp_path):
+    """The recipes install `.[EXTRA]` (an accelerator extra of setup.cfg) with constraints.txt's pins."""
+    fake_python = tmp_path / "bin" / "python"
+    fake_python.parent.mkdir()
+    fake_python.write_text('#!/bin/sh\necho "$@"\n')
+    fake_python.chmod(0o755)
+    runs = {f"multi_gpu.sh {x}": (SCRIPTS["multi_gpu.sh"], ["die", "step_install"],
+                                  f"VENV={tmp_path} INSTALL={x} step_install") for x in ("cuda12", "cuda13")}
+    runs["tpu_pod.sh"] = (SCRIPTS["tpu_pod.sh"], ["worker_setup"],
+                          f'uv() {{ echo "$@"; }}; mount_bucket() {{ :; }}; PY={fake_python} worker_setup')
+    extras = re.search(r"^\[options.extras_require\]\n(.*?)^\[", (ROOT / "setup.cfg").read_text(), re.M | re.S).group(1)
+    for what, (script, functions, call) in runs.items():
+        (argv,) = [line.split() for line in call_functions(script, functions, call).splitlines() if " -e " in line]
+        assert argv[argv.index("-c") + 1] == "constraints.txt" and (ROOT / "constraints.txt").is_file(), what
+        extra = re.fullmatch(r"\.\[(\w+)\]", argv[argv.index("-e") + 1]).group(1)
+        assert re.search(rf"^{extra} =\n\s+jax\[{extra}\]", extras, re.M), f"{what}: setup.cfg has no extra {extra}"
 
 
 def sbatch_options() -> dict:

@@ -10,8 +10,8 @@ usage() {
 Usage: experiments/launch/multi_gpu.sh [-h] [STEP ...]
 
 Steps (default: data gan encoder, after install when INSTALL is set):
-  install  make VENV (if missing) and pip install the package with jax[INSTALL] at setup.cfg's
-           jax version (INSTALL=cuda12 or cuda13)
+  install  make VENV (if missing) and pip install the package with its INSTALL extra (the JAX
+           CUDA plugin; INSTALL=cuda12 or cuda13) at constraints.txt's versions
   data     `semgan prepare` the config's dataset into DATA_DIR (synthetic: no download; others
            from MANUAL_DIR; skipped when MANUAL_DIR is unset and the data is already there)
   gan      `semgan train-gan ... --resume` until the last iteration is checkpointed; a crash
@@ -48,9 +48,6 @@ log() { echo "[multi_gpu $(date +%H:%M:%S)] $*" >&2; }
 # The recipes' default global batch for D devices: the reference's 16, rounded up to a multiple
 # of D (semgan_jax.parallel.check_batch_size needs batch % D == 0).
 default_batch() { echo $(( ($1 + 15) / $1 * $1 )); }
-
-# The jax version setup.cfg pins (jax[cuda12] must match it).
-jax_version() { sed -n 's/^[[:space:]]*jax==\([0-9.]*\)[[:space:]]*$/\1/p' "${1:-setup.cfg}"; }
 
 count_gpus() {
   if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
@@ -91,7 +88,7 @@ step_install() {
   esac
   [ -x "$VENV/bin/python" ] || "${PYTHON:-python3.11}" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e . "jax[$INSTALL]==$(jax_version)"
+  "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[$INSTALL]"
 }
 
 step_data() {

@@ -99,9 +99,6 @@ default_runtime() {
   esac
 }
 
-# The jax version setup.cfg pins (jax[tpu] must match it).
-jax_version() { sed -n 's/^[[:space:]]*jax==\([0-9.]*\)[[:space:]]*$/\1/p' "${1:-setup.cfg}"; }
-
 # --------------------------------------------------------------------------- on a worker
 
 md() { curl -sf --connect-timeout 5 --max-time 20 -H 'Metadata-Flavor: Google' "http://metadata.google.internal/computeMetadata/v1/instance/attributes/$1"; }
@@ -174,7 +171,7 @@ worker_setup() {
       || { sudo apt-get update -q && sudo apt-get install -y -q python3-pip && python3 -m pip install --user -q uv; }
     uv venv --python 3.11 "$VENV"
   fi
-  uv pip install --python "$PY" -q -e . "jax[tpu]==$(jax_version)"
+  uv pip install --python "$PY" -q -c constraints.txt -e ".[tpu]"
   mount_bucket
   "$PY" -c 'import jax, semgan_jax; print(f"jax {jax.__version__} and semgan_jax installed")'
 }
