@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 TINY = {"data.resolution": 16, "model.size": 16, "model.style_dim": 32, "model.n_mlp": 2,
         "model.channel_max": 16, "model.dm_ndf": 8, "model.dm_max_channels": 16, "train.batch_size": 8,
-        "data.num_labeled": 16, "log.n_sample": 4, "log.log_every": 1}
+        "data.num_labeled": 16, "log.n_sample": 4, "log.log_every": 1, "eval.oracle": False}
 
 
 def tiny_overrides(**overrides) -> list[str]:
