@@ -3,7 +3,8 @@
 Segmentation (numpy; no jax needed)
     confusion_matrices(pred, target, num_classes) -> (N, K, K) int64, rows = target, cols = pred
     SegmentationMetrics(num_classes, class_names=None): .update(pred, target) per batch of integer
-        maps (N, H, W) or (H, W); .result() -> JSON-able dict; .table() -> printable text
+        maps (N, H, W) or (H, W) (or .update_confusion(per-image confusion matrices (N, K, K)));
+        .result() -> JSON-able dict; .table() -> printable text
     report(metrics, title=None, file=sys.stdout) -> dict: prints the table, returns .result()
 
 Inception metrics (float64 numpy for the statistics; no scipy)
@@ -130,7 +131,15 @@ class SegmentationMetrics:
 
     def update(self, pred, target) -> None:
         """Add a batch: integer class maps (N, H, W) or (H, W), values 0..K-1."""
-        conf = confusion_matrices(pred, target, self.num_classes)
+        self.update_confusion(confusion_matrices(pred, target, self.num_classes))
+
+    def update_confusion(self, conf) -> None:
+        """Add images given by their confusion matrices (N, K, K) (as `confusion_matrices`
+        returns them; e.g. read back from per-image records)."""
+        conf = np.asarray(conf, np.int64)
+        if conf.ndim != 3 or conf.shape[1:] != (self.num_classes, self.num_classes):
+            raise ValueError(f"expected confusion matrices (N, {self.num_classes}, {self.num_classes}), "
+                             f"got shape {conf.shape}")
         self.confusion += conf.sum(axis=0)
         self.num_images += conf.shape[0]
         iou, dice = _scores(conf)

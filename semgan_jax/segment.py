@@ -110,34 +110,66 @@ def _open_inverter(args) -> BatchedInverter | None:
         return None
 
 
+def _add_batch_run_args(p) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="keep the results an interrupted run of the same command finished; do the rest")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _progress(args, total: int, done: int, desc: str):
+    """tqdm bar on stderr counting images (its rate is images/s); `done` of `total` already done."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=done, desc=desc, unit="img", disable=args.no_progress, file=sys.stderr,
+                dynamic_ncols=True)
+
+
 def register_segment(subparsers) -> None:
     p = subparsers.add_parser("segment", help="label maps for images by generator inversion",
                               description="Writes OUT/mask (integer class PNGs), mask_rgb, recon, overlay "
-                                          "(and latent/*.npy with --save-latent).")
+                                          "(and latent/*.npy with --save-latent), each batch as soon as it "
+                                          "is done; --resume skips images whose outputs are all there.")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True)
     p.add_argument("--save-latent", action="store_true")
     _add_inversion_args(p)
+    _add_batch_run_args(p)
     p.set_defaults(handler=run_segment)
 
 
 def register_evaluate(subparsers) -> None:
+    from semgan_jax.data.datasets import DATASET_NAMES  # numpy only
+
     p = subparsers.add_parser("evaluate", help="mIoU / JSI / DSC by generator inversion on a dataset split",
                               description="Segments every image of a split (or --images/--masks folders) "
-                                          "and scores it against its mask; writes JSON and prints a table.")
-    p.add_argument("--split", default="test", help="split of the stage-1 dataset (e.g. test, test_ood)")
+                                          "and scores it against its mask; writes JSON and prints a table. "
+                                          "Per-image results go to OUT's .images.jsonl as they are computed; "
+                                          "--resume continues an interrupted run from them.")
+    p.add_argument("--dataset", choices=DATASET_NAMES,
+                   help="dataset of --split (default: the model's own); another dataset must have the same "
+                        "classes and image channels, e.g. metfaces40 for a celebamask_hq model")
+    p.add_argument("--split", default="test", help="split of the dataset (e.g. test, test_ood)")
+    p.add_argument("--data-dir", help="prepared data root of --dataset (default: the model's data.data_dir for "
+                                      "its own dataset, else TFDS's default)")
     p.add_argument("--images", help="folder of images (instead of --split); masks in --masks, same names")
     p.add_argument("--masks", help="folder of integer label PNGs matching --images")
     p.add_argument("--limit", type=int, default=0, help="score only the first N examples (0 = all)")
     p.add_argument("--out", required=True, help="JSON file for the scores")
     p.add_argument("--grid", help="PNG of inputs | predictions | ground truth for the first examples")
     _add_inversion_args(p)
+    _add_batch_run_args(p)
     p.set_defaults(handler=run_evaluate)
 
 
-def run_segment(args) -> int:
-    from PIL import Image
+SEGMENT_OUTPUTS = ("mask_rgb", "recon", "overlay", "mask")  # written in this order: mask/ last
 
+
+def _segmented(out: Path, stem: str, save_latent: bool) -> bool:
+    """Whether an earlier run wrote all outputs of `stem` (mask/ is written last, atomically)."""
+    return (out / "mask" / f"{stem}.png").is_file() and (not save_latent or (out / "latent" / f"{stem}.npy").is_file())
+
+
+def run_segment(args) -> int:
     from semgan_jax import viz
     from semgan_jax.data.common import printable
     from semgan_jax.data.datasets import get_dataset_info
@@ -155,107 +187,176 @@ def run_segment(args) -> int:
         return 1
     palette = get_dataset_info(inverter.stage1.data.name).palette
     out = Path(args.out)
-    for sub in ("mask", "mask_rgb", "recon", "overlay") + (("latent",) if args.save_latent else ()):
+    for sub in SEGMENT_OUTPUTS + (("latent",) if args.save_latent else ()):
         (out / sub).mkdir(parents=True, exist_ok=True)
+    earlier = {f for f in files if args.resume and _segmented(out, f.stem, args.save_latent)}
+    bar = _progress(args, len(files), len(earlier), "segment")
     t0 = time.perf_counter()
-    for start in range(0, len(files), args.batch):
-        names, images = [], []
-        for f in files[start:start + args.batch]:
-            try:
-                if len(os.fsencode(f.stem + ".png.tmp")) > NAME_MAX:  # viz.save_png writes NAME.tmp first
-                    raise ValueError(printable(f"{f}: name too long for its output files (stem over "
-                                                 f"{NAME_MAX - 8} bytes)"))
-                images.append(read_image(f, inverter.size, inverter.channels))
-                names.append(f)
-            except ValueError as err:
-                print(f"skipped: {err}", file=sys.stderr)
-                failed.append(str(f))
-        if not images:
-            continue
-        res = inverter(np.stack(images), start)
-        labels = viz.seg_to_labels(res["seg"])
-        for i, f in enumerate(names):
-            stem = f.stem
-            Image.fromarray(labels[i].astype(np.uint8)).save(out / "mask" / f"{stem}.png", format="PNG")
-            rgb = viz.colorize(labels[i], palette)
-            viz.save_png(out / "mask_rgb" / f"{stem}.png", rgb)
-            viz.save_png(out / "recon" / f"{stem}.png", viz.to_uint8(res["image"][i:i + 1])[0])
-            target = viz.to_uint8(images[i][None])[0]
-            viz.save_png(out / "overlay" / f"{stem}.png",
-                         (0.7 * target + 0.3 * rgb).round().astype(np.uint8))
-            if args.save_latent:
-                np.save(out / "latent" / f"{stem}.npy", res["w_plus"][i])
-        done += len(names)
+    try:
+        for start in range(0, len(files), args.batch):  # batches of the whole list: resumed batches invert alike
+            names, images = [], []
+            for f in files[start:start + args.batch]:
+                if f in earlier:
+                    continue
+                try:
+                    if len(os.fsencode(f.stem + ".png.tmp")) > NAME_MAX:  # viz.save_png writes NAME.tmp first
+                        raise ValueError(printable(f"{f}: name too long for its output files (stem over "
+                                                     f"{NAME_MAX - 8} bytes)"))
+                    images.append(read_image(f, inverter.size, inverter.channels))
+                    names.append(f)
+                except ValueError as err:
+                    bar.write(f"skipped: {err}", file=sys.stderr)
+                    failed.append(str(f))
+                    bar.update(1)
+            if not images:
+                continue
+            res = inverter(np.stack(images), start)
+            labels = viz.seg_to_labels(res["seg"])
+            for i, f in enumerate(names):
+                stem = f.stem
+                rgb = viz.colorize(labels[i], palette)
+                viz.save_png(out / "mask_rgb" / f"{stem}.png", rgb)
+                viz.save_png(out / "recon" / f"{stem}.png", viz.to_uint8(res["image"][i:i + 1])[0])
+                target = viz.to_uint8(images[i][None])[0]
+                viz.save_png(out / "overlay" / f"{stem}.png", (0.7 * target + 0.3 * rgb).round().astype(np.uint8))
+                if args.save_latent:
+                    np.save(out / "latent" / f"{stem}.npy", res["w_plus"][i])
+                viz.save_png(out / "mask" / f"{stem}.png", labels[i].astype(np.uint8))  # last: marks it done
+            done += len(names)
+            bar.update(len(names))
+    except KeyboardInterrupt:
+        bar.close()
+        print(printable(f"interrupted: {done + len(earlier)} of {len(files)} images are in {out}; the same command "
+                        "with --resume does the rest"), file=sys.stderr)
+        return 130
+    bar.close()
     dt = time.perf_counter() - t0
     print(printable(f"segmented {done} images in {dt:.1f} s ({done / max(dt, 1e-9):.2f} images/s) -> {out}"
+                    + (f"; {len(earlier)} done earlier (--resume)" if earlier else "")
                     + (f"; {len(failed)} skipped: {', '.join(failed)}" if failed else "")))
-    return 0 if done else 1
+    return 0 if done or earlier else 1
 
 
-def _split_examples(inverter, split: str):
-    """(images float (N, H, W, C) in [-1, 1], masks int (N, H, W)) of a split of the stage-1 dataset."""
-    from semgan_jax.data.datasets import load_split
+def check_dataset(model_info, channels: int, name: str):
+    """The DatasetInfo of `name` if a model of `model_info`'s classes taking `channels`-channel
+    images can be scored on it: the same class names in the same order and the same channels;
+    ValueError saying what differs otherwise."""
+    from semgan_jax.data.datasets import get_dataset_info
+
+    info = get_dataset_info(name)
+    if info.class_names != model_info.class_names:
+        raise ValueError(f"--dataset {name} has the classes {', '.join(info.class_names)}; the model was trained on "
+                         f"{model_info.name} ({', '.join(model_info.class_names)}): its label maps cannot be "
+                         "scored against these masks")
+    if info.channels != channels:
+        raise ValueError(f"--dataset {name} has {info.channels}-channel images; the model takes {channels}")
+    return info
+
+
+def _split_examples(inverter, dataset: str | None, split: str, data_dir: str | None):
+    """(where, DatasetInfo, count, load(i) -> (name, image float (H, W, C) in [-1, 1], mask int
+    (H, W))) of a prepared split, stored at the model's resolution."""
+    from semgan_jax.data.datasets import get_dataset_info, load_split
 
     d = inverter.stage1.data
-    source = load_split(d.name, split, data_dir=d.data_dir or None, resolution=d.resolution)
-    for i in range(len(source)):
+    dataset = dataset or d.name
+    info = check_dataset(get_dataset_info(d.name), inverter.channels, dataset)
+    data_dir = data_dir or (d.data_dir if dataset == d.name else None) or None
+    source = load_split(dataset, split, data_dir=data_dir, resolution=d.resolution)
+
+    def load(i):
         ex = source[i]
-        yield np.asarray(ex["image"], np.float32) / 127.5 - 1.0, np.asarray(ex["mask"], np.int64)
+        name = ex["name"].decode() if isinstance(ex["name"], bytes) else str(ex["name"])
+        return name, np.asarray(ex["image"], np.float32) / 127.5 - 1.0, np.asarray(ex["mask"], np.int64)
+
+    return f"{dataset}/{split}", info, len(source), load
 
 
 def _folder_examples(inverter, images: str, masks: str):
-    from PIL import Image
+    """As _split_examples, for image files and label PNGs of the same stem in `masks`."""
+    from semgan_jax.data import common
+    from semgan_jax.data.datasets import get_dataset_info
 
-    for f in expand_inputs([images]):
-        m = Path(masks) / f"{f.stem}.png"
-        if not m.is_file():
-            raise FileNotFoundError(f"{f}: no mask {m}")
-        mask = np.asarray(Image.open(m).resize((inverter.size, inverter.size), Image.NEAREST), np.int64)
-        yield read_image(f, inverter.size, inverter.channels), mask
+    info = get_dataset_info(inverter.stage1.data.name)
+    files = expand_inputs([images])
+    missing = [f"{f.stem}.png" for f in files if not (Path(masks) / f"{f.stem}.png").is_file()]
+    if missing:
+        raise FileNotFoundError(common.printable(f"{masks}: no mask for {len(missing)} image(s) of {images}: "
+                                                 f"{', '.join(missing[:5])}"))
+
+    def load(i):
+        f = files[i]
+        mask = common.read_label_map(Path(masks) / f"{f.stem}.png", info.num_classes)
+        return f.stem, read_image(f, inverter.size, inverter.channels), common.resize_mask(mask, inverter.size)
+
+    return images, info, len(files), load
 
 
 def run_evaluate(args) -> int:
+    import dataclasses
+
     from semgan_jax import viz
-    from semgan_jax.data.datasets import get_dataset_info
-    from semgan_jax.metrics import SegmentationMetrics, report
+    from semgan_jax.data.common import printable
+    from semgan_jax.metrics import SegmentationMetrics, confusion_matrices, report
+    from semgan_jax.records import ImageRecords
 
     if bool(args.images) != bool(args.masks):
         print("error: --images and --masks go together", file=sys.stderr)
         return 2
+    if args.images and args.dataset:
+        print("error: --dataset names the dataset of --split; --images/--masks score those folders", file=sys.stderr)
+        return 2
     inverter = _open_inverter(args)
     if inverter is None:
         return 1
-    info = get_dataset_info(inverter.stage1.data.name)
-    metrics = SegmentationMetrics(len(info.class_names), info.class_names)
-    examples = (_folder_examples(inverter, args.images, args.masks) if args.images
-                else _split_examples(inverter, args.split))
-    shown, batch, index, t0 = [], [], 0, time.perf_counter()
-
-    def flush():
-        nonlocal index
-        images = np.stack([b[0] for b in batch])
-        masks = np.stack([b[1] for b in batch])
-        res = inverter(images, index)
-        pred = viz.seg_to_labels(res["seg"])
-        metrics.update(pred, masks)
-        if len(shown) < 16:
-            shown.append((images, pred, masks))
-        index += len(batch)
-        batch.clear()
-
-    for n, ex in enumerate(examples):
-        if args.limit and n >= args.limit:
-            break
-        batch.append(ex)
-        if len(batch) == args.batch:
-            flush()
-    if batch:
-        flush()
+    records_path = Path(args.out).with_suffix(".images.jsonl")
+    try:
+        where, info, total, load = (_folder_examples(inverter, args.images, args.masks) if args.images
+                                    else _split_examples(inverter, args.dataset, args.split, args.data_dir))
+        settings = {"checkpoint": str(args.checkpoint), "source": where, "batch": args.batch, "seed": args.seed,
+                    "lpips": args.lpips, "invert": dataclasses.asdict(_invert_config(args))}
+        records = ImageRecords(records_path, settings, resume=args.resume)
+    except (ValueError, FileNotFoundError) as err:
+        print(printable(f"error: {err}"), file=sys.stderr)
+        return 1
+    total = min(total, args.limit) if args.limit else total
+    k = info.num_classes
+    # batches of the whole split, so that a resumed batch is inverted exactly as in one run
+    batches = [range(s, min(s + args.batch, total)) for s in range(0, total, args.batch)]
+    todo = [b for b in batches if not all(i in records.done for i in b)]
+    earlier = total - sum(len(b) for b in todo)
+    bar = _progress(args, total, earlier, where)
+    shown, t0 = [], time.perf_counter()
+    try:
+        for idx in todo:
+            names, images, masks = zip(*(load(i) for i in idx))
+            res = inverter(np.stack(images), idx.start)
+            pred = viz.seg_to_labels(res["seg"])
+            records.append(idx, names, confusion_matrices(pred, np.stack(masks), k))
+            if len(shown) < 16:
+                shown.append((np.stack(images), pred, np.stack(masks)))
+            bar.update(len(idx))
+    except (ValueError, FileNotFoundError) as err:
+        bar.close()
+        print(printable(f"error: {err}\n({len(records.done)} images scored so far are in {records_path}; "
+                        "fix the file and rerun with --resume)"), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        bar.close()
+        print(printable(f"interrupted: {len(records.done)} of {total} images scored, in {records_path}; the same "
+                        "command with --resume does the rest"), file=sys.stderr)
+        return 130
+    finally:
+        records.close()
+    bar.close()
     dt = time.perf_counter() - t0
-    where = args.images or f"{inverter.stage1.data.name}/{args.split}"
+    metrics = SegmentationMetrics(k, info.class_names)
+    if total:
+        metrics.update_confusion(np.stack([records.done[i] for i in range(total)]))
     result = report(metrics, title=f"{where}: {metrics.num_images} images")
-    result.update(source=where, checkpoint=str(args.checkpoint), seconds=dt,
-                  images_per_s=metrics.num_images / max(dt, 1e-9))
+    inverted = total - earlier
+    result.update(source=where, checkpoint=str(args.checkpoint), seconds=dt, images_inverted=inverted,
+                  images_resumed=earlier, images_per_s=inverted / max(dt, 1e-9), records=str(records_path))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     if args.grid and shown:

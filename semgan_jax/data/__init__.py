@@ -1,4 +1,4 @@
-"""Data layer: TFDS builders (celebamask_hq, isic2018, chest_xray, synthetic), grain pipelines.
+"""Data layer: TFDS builders (celebamask_hq, isic2018, chest_xray, metfaces40, synthetic), grain pipelines.
 
 Modules: common (shared reading/validation/base builder), one module per dataset (builder,
 CLASS_NAMES, PALETTE), synthetic (procedural faces, in-memory source + builder), datasets

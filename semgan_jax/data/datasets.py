@@ -16,13 +16,15 @@ import importlib
 
 import numpy as np
 
-DATASET_NAMES = ("synthetic", "celebamask_hq", "isic2018", "chest_xray")
+DATASET_NAMES = ("synthetic", "celebamask_hq", "isic2018", "chest_xray", "metfaces40")
 # name -> (module, builder class, out-of-domain splits)
 _REGISTRY = {
     "synthetic": ("semgan_jax.data.synthetic", "SyntheticFaces", ("test_ood",)),
     "celebamask_hq": ("semgan_jax.data.celebamask_hq", "CelebamaskHq", ()),
     "isic2018": ("semgan_jax.data.isic2018", "Isic2018", ("ph2", "dermis", "dermquest")),
     "chest_xray": ("semgan_jax.data.chest_xray", "ChestXray", ("montgomery", "shenzhen")),
+    # out-of-domain test set for celebamask_hq models (same classes): `semgan evaluate --dataset`
+    "metfaces40": ("semgan_jax.data.metfaces40", "Metfaces40", ("test",)),
 }
 
 

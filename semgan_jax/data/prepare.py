@@ -37,6 +37,8 @@ def prepare(name: str, *, manual_dir: str | None = None, data_dir: str | None = 
             raise ValueError(f"{name} is read from a manual download: pass manual_dir (--manual-dir)")
         if not Path(manual_dir).is_dir():
             raise FileNotFoundError(f"manual_dir {manual_dir} is not a directory")
+        if not any(Path(manual_dir).iterdir()):
+            raise FileNotFoundError(f"manual_dir {manual_dir} is empty: download {name} into it (docs/data.md)")
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
         tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     builder.download_and_prepare(
