@@ -137,3 +137,15 @@ def test_prepare_command_names_the_missing_folder(tmp_path, capsys):
     code = cli.main(["prepare", "metfaces40", "--manual-dir", str(tmp_path / "dl"), "--data-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 1 and f"error: {tmp_path / 'dl' / 'image'}: missing directory (the portraits" in err
+
+
+@pytest.mark.parametrize("name", [n for n in datasets.DATASET_NAMES if n != "synthetic"])
+def test_every_download_builder_gives_its_download_guide(name):
+    """TFDS shows MANUAL_DOWNLOAD_INSTRUCTIONS for a missing download: the module's guide (where
+    to get the data, licence, layout), not the builder's one-line class docstring."""
+    import importlib
+
+    cls = datasets.builder_class(name)
+    guide = cls.MANUAL_DOWNLOAD_INSTRUCTIONS
+    assert guide == importlib.import_module(cls.__module__).__doc__
+    assert "http" in guide and len(guide.splitlines()) > 10

@@ -48,6 +48,7 @@ import tensorflow_datasets as tfds
 
 from semgan_jax.data import common
 
+INSTRUCTIONS = __doc__  # the class body's __doc__ is the class docstring
 CLASS_NAMES = ("background", "skin", "nose", "eye", "brow", "ear", "mouth", "hair")
 PALETTE = np.array([
     [0, 0, 0], [0, 0, 205], [132, 112, 255], [25, 25, 112],
@@ -201,7 +202,7 @@ class CelebamaskHq(common.SegmentationBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = common.resolution_configs(256, 512, 1024)
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     CHANNELS = CHANNELS
     CLASS_NAMES = CLASS_NAMES
     HOMEPAGE = "https://github.com/switchablenorms/CelebAMask-HQ"

@@ -39,6 +39,7 @@ from PIL import Image, ImageOps
 
 from semgan_jax.data import common
 
+INSTRUCTIONS = __doc__  # the class body's __doc__ is the class docstring
 CLASS_NAMES = ("background", "lung")
 PALETTE = np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
 CHANNELS = 1
@@ -132,7 +133,7 @@ class ChestXray(common.SegmentationBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = common.resolution_configs(256, 512, 1024)
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     CHANNELS = CHANNELS
     CLASS_NAMES = CLASS_NAMES
     HOMEPAGE = "http://db.jsrt.or.jp/eng.php"

@@ -38,6 +38,7 @@ import tensorflow_datasets as tfds
 
 from semgan_jax.data import common
 
+INSTRUCTIONS = __doc__  # the class body's __doc__ is the class docstring
 CLASS_NAMES = ("background", "lesion")
 PALETTE = np.array([[0, 0, 0], [255, 255, 255]], np.uint8)
 CHANNELS = 3
@@ -88,7 +89,7 @@ class Isic2018(common.SegmentationBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = common.resolution_configs(256, 512)
-    MANUAL_DOWNLOAD_INSTRUCTIONS = __doc__
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     CHANNELS = CHANNELS
     CLASS_NAMES = CLASS_NAMES
     HOMEPAGE = "https://challenge.isic-archive.com/data/#2018"

@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 from semgan_jax.data import common
 from semgan_jax.data.celebamask_hq import CHANNELS, CLASS_NAMES, MASK_SCALES, PALETTE, read_list
 
-INSTRUCTIONS = __doc__
+INSTRUCTIONS = __doc__  # the class body's __doc__ is the class docstring
 IMAGE_DIRS = ("image", "images", "img")
 LABEL_DIRS = ("label", "labels", "mask", "masks")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -118,7 +118,7 @@ class Metfaces40(common.SegmentationBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = common.resolution_configs(256, 512, 1024)
-    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS  # (in the class body, __doc__ is the class docstring)
+    MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
     CHANNELS = CHANNELS
     CLASS_NAMES = CLASS_NAMES
     HOMEPAGE = "https://github.com/nv-tlabs/semanticGAN_code"
