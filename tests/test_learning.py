@@ -1,5 +1,6 @@
 """What makes short runs learn: the EMA ramp-up and the training-time budget."""
 
+import json
 import math
 
 import jax
@@ -113,3 +114,27 @@ def test_random_generator_scores_near_chance(oracle):
     stats.update(oracle(real)[1])
     real_ofd = frechet_distance(stats.mean, stats.cov, *oracle.split_stats("test"))
     assert scores["ofd"] > 5 * real_ofd, (scores, real_ofd)
+
+
+def test_stage1_logs_and_plots_the_oracle_scores_and_ramps_its_ema(oracle, tmp_path):
+    """A stage-1 run with eval.oracle logs the four oracle numbers; `semgan plot` charts them; with
+    the ramp-up the first EMA update copies G (decay 0 at step 0)."""
+    from conftest import tiny_gan_config
+
+    from semgan_jax.cli import main
+    from semgan_jax.train import gan
+
+    cfg = tiny_gan_config(**{"eval.oracle": True, "eval.every": 1, "eval.oracle_samples": 64,
+                             "train.iterations": 1, "train.ema_rampup": 0.05})
+    state = gan.train(cfg, tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scores = [r for r in rows if "oracle_agreement" in r]
+    assert [r["step"] for r in scores] == [1]
+    for key in ("oracle_agreement", "oracle_agreement_ema", "oracle_ofd", "oracle_ofd_ema"):
+        assert np.isfinite(scores[0][key]), key
+    assert 0 <= scores[0]["oracle_agreement_ema"] <= 1 and scores[0]["oracle_ofd_ema"] > 0
+    for a, b in zip(jax.tree.leaves(state.g_ema), jax.tree.leaves(state.g)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert main(["plot", str(tmp_path)]) == 0
+    assert (tmp_path / "plots" / "oracle_agreement.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "oracle_ofd.png").stat().st_size > 1000
