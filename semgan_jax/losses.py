@@ -77,7 +77,7 @@ def multiscale_r1_output(preds: Sequence) -> Array:
 
 
 def path_length_penalty(g_fn: Callable, latents: Array, mean_path_length, key: Array,
-                        decay: float = 0.01):
+                        decay: float = 0.01, noise: Array | None = None):
     """Path length regulariser, as `g_path_regularize` in the reference.
 
     g_fn: w+ latents (N, n_latent, style_dim) -> images (N, H, W, C); latents: the w+ codes the
@@ -87,6 +87,7 @@ def path_length_penalty(g_fn: Callable, latents: Array, mean_path_length, key: A
         path_lengths = sqrt(mean over n_latent of sum over style_dim of J**2)      (N,)
         path_mean = mean_path_length + decay · (mean(path_lengths) − mean_path_length)
         penalty = mean((path_lengths − path_mean)**2)
+    `noise` (tests): a recorded N(0, 1) draw of the image's shape replacing the key's.
     Returns (penalty, new_mean_path_length, mean(path_lengths)); the last two are
     stop-gradient'ed. As in the reference, path_mean inside the penalty is NOT detached, so
     gradients also flow through its mean(path_lengths) term.
@@ -97,7 +98,7 @@ def path_length_penalty(g_fn: Callable, latents: Array, mean_path_length, key: A
     The weighting (path_regularize · g_reg_every) is the caller's.
     """
     images, vjp_fn = jax.vjp(g_fn, latents)
-    noise = jax.random.normal(key, images.shape, images.dtype)
+    noise = jax.random.normal(key, images.shape, images.dtype) if noise is None else noise.astype(images.dtype)
     noise = noise / jnp.sqrt(images.shape[1] * images.shape[2])
     (grad,) = vjp_fn(noise)
     path_lengths = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(grad), axis=2), axis=1))
