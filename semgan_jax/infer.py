@@ -43,6 +43,20 @@ class InvertConfig:
     n_mean_latent: int = 10000
 
 
+# lambda_encoder when the perceptual term is missing (no LPIPS weight files): the reference's 1e-3
+# balances ||E(G(w+)) - w+||^2 against LPIPS + 0.1 MSE; with 0.1 MSE alone it leaves w+ free to
+# leave the region where G draws faces and masks (docs/learning.md measures the choice).
+LAMBDA_ENCODER_WITHOUT_LPIPS = 10.0
+
+
+def encoder_weight(lambda_encoder: float | None, has_lpips: bool) -> float:
+    """lambda_encoder as given, or by default the reference's 1e-3 with LPIPS and
+    LAMBDA_ENCODER_WITHOUT_LPIPS without it."""
+    if lambda_encoder is not None:
+        return lambda_encoder
+    return InvertConfig.lambda_encoder if has_lpips else LAMBDA_ENCODER_WITHOUT_LPIPS
+
+
 @dataclasses.dataclass(frozen=True)
 class Inverter:
     """Frozen networks of inference: G, E (None with mean_init only) and LPIPS (None = off)."""

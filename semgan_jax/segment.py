@@ -3,6 +3,7 @@ dataset split), both by generator inversion (`semgan_jax.infer`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -51,6 +52,11 @@ class BatchedInverter:
         from semgan_jax import infer
 
         self.inv, self.variables, self.stage1 = infer.load_inverter(checkpoint, use_lpips)
+        if cfg.lambda_encoder is None:  # the default: depends on whether the perceptual term is on
+            cfg = dataclasses.replace(cfg, lambda_encoder=infer.encoder_weight(None, self.inv.lpips is not None))
+            if self.inv.lpips is None and not cfg.mean_init:
+                print(f"without LPIPS the encoder-consistency weight is {cfg.lambda_encoder:g} (the reference's "
+                      "1e-3 assumes the perceptual term; docs/learning.md); --lambda-encoder sets it")
         if self.inv.e is None and not cfg.mean_init:
             raise ValueError(f"{checkpoint} is a stage-1 (train-gan) run with no encoder: pass a train-encoder "
                              "workdir, or --mean-init to start from the mean latent")
@@ -88,7 +94,9 @@ def _add_inversion_args(p) -> None:
     p.add_argument("--step", type=int, default=100, help="optimisation steps (reference default 100)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--lambda-mse", type=float, default=0.1)
-    p.add_argument("--lambda-encoder", type=float, default=1e-3)
+    p.add_argument("--lambda-encoder", type=float, default=None,
+                   help="encoder-consistency weight (default: the reference's 1e-3 with LPIPS, "
+                        "infer.LAMBDA_ENCODER_WITHOUT_LPIPS without it)")
     p.add_argument("--noise-regularize", type=float, default=1e2)
     p.add_argument("--mean-init", action="store_true", help="start from the mean latent instead of E(x)")
     p.add_argument("--no-noises", action="store_true", help="do not optimise the noise maps")
@@ -293,8 +301,6 @@ def _folder_examples(inverter, images: str, masks: str):
 
 
 def run_evaluate(args) -> int:
-    import dataclasses
-
     from semgan_jax import viz
     from semgan_jax.data.common import printable
     from semgan_jax.metrics import SegmentationMetrics, confusion_matrices, report
@@ -314,7 +320,7 @@ def run_evaluate(args) -> int:
         where, info, total, load = (_folder_examples(inverter, args.images, args.masks) if args.images
                                     else _split_examples(inverter, args.dataset, args.split, args.data_dir))
         settings = {"checkpoint": str(args.checkpoint), "source": where, "batch": args.batch, "seed": args.seed,
-                    "lpips": args.lpips, "invert": dataclasses.asdict(_invert_config(args))}
+                    "lpips": args.lpips, "invert": dataclasses.asdict(inverter.cfg)}
         records = ImageRecords(records_path, settings, resume=args.resume)
     except (ValueError, FileNotFoundError) as err:
         print(printable(f"error: {err}"), file=sys.stderr)

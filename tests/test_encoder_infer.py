@@ -200,3 +200,16 @@ def test_segment_refuses_a_stage1_run_without_mean_init(runs, tmp_path, capsys):
         BatchedInverter(str(runs / "stage1"), infer.InvertConfig(step=1), use_lpips="off")
     with pytest.raises(FileNotFoundError, match="must be a train-encoder"):
         BatchedInverter(str(tmp_path), infer.InvertConfig(step=1), use_lpips="off")
+
+
+def test_encoder_weight_defaults_to_the_measured_value_without_lpips(runs, capsys):
+    """`segment` / `evaluate` leave --lambda-encoder unset by default: the reference's 1e-3 with
+    LPIPS, infer.LAMBDA_ENCODER_WITHOUT_LPIPS without it (said on stdout); a given value is kept."""
+    from semgan_jax.segment import BatchedInverter
+
+    inv = BatchedInverter(str(runs / "stage2"), infer.InvertConfig(step=1, lambda_encoder=None), use_lpips="off")
+    assert inv.cfg.lambda_encoder == infer.LAMBDA_ENCODER_WITHOUT_LPIPS != 1e-3
+    assert "encoder-consistency weight" in capsys.readouterr().out
+    inv = BatchedInverter(str(runs / "stage2"), infer.InvertConfig(step=1, lambda_encoder=0.5), use_lpips="off")
+    assert inv.cfg.lambda_encoder == 0.5
+    assert infer.encoder_weight(None, has_lpips=True) == 1e-3 == infer.InvertConfig().lambda_encoder
