@@ -275,12 +275,14 @@ def load_generator(stage1_dir: str | Path, mesh=None):
     """(stage-1 config, G module, G_ema params, fixed noises) from the latest stage-1 checkpoint."""
     from semgan_jax import parallel
     from semgan_jax.checkpoint import restore_latest
-    from semgan_jax.train import gan
+    from semgan_jax.train import gan, seg_branch
 
     cfg = load_stage1_config(stage1_dir)
     gm = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
     mesh = mesh or parallel.make_mesh(1)
-    state, _ = restore_latest(Path(stage1_dir) / "checkpoints", lambda: gan.init_state(gm, jax.random.PRNGKey(0)),
+    trainable = seg_branch.latest_trainable(Path(stage1_dir) / "checkpoints")  # the checkpoint's layout
+    state, _ = restore_latest(Path(stage1_dir) / "checkpoints",
+                              lambda: seg_branch.init_state_as(gm, jax.random.PRNGKey(0), trainable),
                               parallel.replicated(mesh), "stage-1 checkpoint")
     return cfg, gm.g, state.g_ema, state.g_noises
 

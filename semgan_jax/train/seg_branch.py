@@ -171,17 +171,22 @@ def jit_train_step(models: gan.GANModels, hp: gan.GANHParams, mesh):
 # Checkpoints of either mode
 # --------------------------------------------------------------------------------------------
 
-def saved_trainable(ckpt, step: int) -> str:
-    """The mode whose layout checkpoint `step` of `ckpt` (a `checkpoint.Checkpointer`) holds."""
+def saved_trainable(ckpt, step: int) -> str | None:
+    """The mode whose layout checkpoint `step` of `ckpt` (a `checkpoint.Checkpointer`) holds;
+    None when its metadata does not read (a damaged checkpoint, which `Checkpointer.restore`
+    reports and replaces by an older one)."""
     import orbax.checkpoint as ocp
 
-    tree = ocp.StandardCheckpointHandler().metadata(Path(ckpt.directory) / str(step) / "state").tree
-    return "seg_branch" if tree["d_img_opt"] is None else "all"
+    try:
+        tree = ocp.StandardCheckpointHandler().metadata(Path(ckpt.directory) / str(step) / "state").tree
+        return "seg_branch" if tree["d_img_opt"] is None else "all"
+    except Exception:  # noqa: BLE001 - any unreadable metadata: leave the checkpoint to the restore's fallback
+        return None
 
 
 def latest_trainable(directory) -> str:
     """The mode of the latest checkpoint in `directory` (a run's checkpoints/); 'all' when there
-    is none."""
+    is none or it does not read."""
     from semgan_jax.checkpoint import Checkpointer
 
     if not Path(directory).is_dir():  # (opening a Checkpointer would create it)
@@ -189,7 +194,7 @@ def latest_trainable(directory) -> str:
     ckpt = Checkpointer(directory)
     try:
         step = ckpt.latest_step()
-        return "all" if step is None else saved_trainable(ckpt, step)
+        return (step is not None and saved_trainable(ckpt, step)) or "all"
     finally:
         ckpt.close()
 
@@ -225,7 +230,7 @@ class Stage1Mode:
         if step is None:
             return state
         saved = saved_trainable(ckpt, step)
-        if saved == self.trainable:
+        if saved in (None, self.trainable):
             return loop.restore_latest(ckpt, state, iterators)
         other = TRAINABLE[1 - TRAINABLE.index(self.trainable)]
         sharding = jax.tree.leaves(state)[0].sharding
