@@ -7,6 +7,12 @@ from pathlib import Path
 # numpy's BLAS with one thread per process: pytest-xdist already uses every core, and threaded
 # OpenBLAS is 10-20x slower on the 2-core CI machine (FID's 2048x2048 factorisations)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# The tests' XLA:CPU programs (and those of the CLI subprocesses, which inherit it) compile at
+# LLVM -O0: XLA compiling is most of a cold run, and -O0 takes 19 % less CPU on tests/test_losses.py
+# (xla_cpu.py: 33 % less than -O2 on a stage-1 step); the tests check numbers, not speed.
+# xla_cpu.compiler_options leaves the level to this flag; a level the user sets is kept.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
