@@ -5,7 +5,8 @@ One iteration (`train_step`, a single jitted function of (state, batch)):
   2. Dm update: hinge loss on its scales' final maps, (fake image, fake seg logits) vs labeled
      (image, one-hot mask in [-1, 1]), averaged / 2 (fresh z).
   3. Every d_reg_every iterations: R1 on Dr (real images) and on Dm (real image+mask), each
-     weighted r1 / 2 * d_reg_every, each its own optimiser step.
+     weighted r1 / 2 * d_reg_every, each its own optimiser step. (The official loop's R1 never
+     reaches Dr, whose requires_grad it leaves off; `train.r1_img_zero_grad` reproduces that.)
   4. G update (fresh z): non-saturating loss from Dr + hinge "real" loss from Dm + Dm feature
      matching (L1, lambda_dseg_feat, 1/3 per scale); the image given to Dm is DETACHED, so
      Dm's losses reach G only through the seg branch.
@@ -98,6 +99,7 @@ class GANHParams:
     ema_decay: float
     g_reg_offset: int = 0
     ema_rampup: float = 0.0
+    r1_img_zero_grad: bool = False
 
     def __post_init__(self):
         if not 0 <= self.g_reg_offset < self.g_reg_every:
@@ -138,6 +140,9 @@ def default_config():
         mixing=0.9, lambda_dseg_feat=2.0, ema_decay=0.5 ** (32 / 10000),
         ema_rampup=0.0,               # > 0: StyleGAN2-ADA's EMA ramp-up (half-life min(h, rampup * step)
                                       # iterations, h that of ema_decay); 0 = the reference (constant)
+        r1_img_zero_grad=False,       # True = the official code's bug: its R1 on Dr runs while Dr's
+                                      # requires_grad is off (set for the Dm step), so Dr's optimiser
+                                      # steps on zero gradients (docs/architecture.md)
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
         on_nonfinite="stop",          # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
         trainable="all"))             # 'all' | 'seg_branch': only ToSEG and Dm train, G frozen (seg_branch.py)
@@ -307,6 +312,8 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
             return losses.r1_penalty(lambda x: models.d_img_r1.apply({"params": p}, x), real_img)
 
         r1_i, grads = jax.value_and_grad(r1_img)(d_img)
+        if hp.r1_img_zero_grad:  # as the official loop: no R1 gradient reaches Dr, Adam steps on zeros
+            grads = jax.tree.map(jnp.zeros_like, grads)
         d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads), d_img_opt, d_img, r1_i)
         d_img, d_img_opt = _pin("Dr R1", d_img, d_img_opt)
 
