@@ -31,7 +31,8 @@ class FakeInverter:
     interrupt_at = 0
     calls: list = []
 
-    def __init__(self, *args):
+    def __init__(self, checkpoint, cfg, *args):
+        self.cfg = cfg
         self.stage1 = SimpleNamespace(data=SimpleNamespace(name=self.data, data_dir="", resolution=self.resolution))
         self.k = datasets.get_dataset_info(self.data).num_classes
 
