@@ -96,8 +96,8 @@ def report(runs: Path, names, seeds) -> str:
     fmt = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
     for r in results.values():
         lines.append(f"| {r['variant']} | {r['what']} | {r['seed']} | {fmt(r['oracle_agreement_ema'], '.3f')} | "
-                     f"{fmt(r['oracle_ofd_ema'], '.2f')} | {fmt(r['oracle_agreement'], '.3f')} | "
-                     f"{fmt(r['oracle_ofd'], '.2f')} | {r['iterations']} | {r['images']} | {r['wall_s'] / 60:.1f} |")
+                     f"{fmt(r['oracle_ofd_ema'], '.3f')} | {fmt(r['oracle_agreement'], '.3f')} | "
+                     f"{fmt(r['oracle_ofd'], '.3f')} | {r['iterations']} | {r['images']} | {r['wall_s'] / 60:.1f} |")
     text = "\n".join(lines) + "\n"
     (runs / "recipe.md").write_text(text)
     return text
