@@ -285,8 +285,9 @@ def test_both_evaluations_score_the_same_first_images_in_the_same_order():
     d = load_config_file(ROOT / claims.CONFIGS["unet"]).data
     k = 40
     for split in claims.SPLITS:
-        inverter = SimpleNamespace(stage1=SimpleNamespace(data=gan_data))
-        semgan = list(itertools.islice(segment._split_examples(inverter, split), k))
+        inverter = SimpleNamespace(stage1=SimpleNamespace(data=gan_data), channels=3)
+        _, _, _, load = segment._split_examples(inverter, None, split, None)
+        semgan = [load(i)[1:] for i in range(k)]
         source = load_split(d.name, split, data_dir=d.data_dir or None, resolution=d.resolution)
         batches = list(itertools.islice(make_eval_batches(source, 32, 6), 2))
         unet = {key: np.concatenate([b[key] for b in batches])[:k] for key in ("image", "mask")}

@@ -190,11 +190,20 @@ def test_export_refuses_non_reference_widths():
 
 
 def test_without_torch_says_how_to_install(monkeypatch, tmp_path):
+    """A well-formed checkpoint (torch.save's zip layout, a plain dict) passes the pickle scan,
+    then needs torch to be read: the error says how to install it."""
+    import pickle
+    import zipfile
+
     from semgan_jax.convert import load_torch_checkpoint
 
+    path = tmp_path / "x.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x/data.pkl", pickle.dumps({"a": 1}, protocol=2))
+        z.writestr("x/version", "3\n")
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ConversionError, match=r"pip install 'semgan_jax\[torch\]'"):
-        load_torch_checkpoint(tmp_path / "x.pt")
+        load_torch_checkpoint(path)
 
 
 # ---- run directories ------------------------------------------------------------------------
