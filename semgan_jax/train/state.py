@@ -64,7 +64,7 @@ def ema_decay_at(step, decay: float = EMA_DECAY, rampup: float = 0.0):
     random initialisation in short runs. Step 0 copies (beta = 0), as ADA's first update.
     """
     if not rampup:
-        return jnp.float32(decay)
+        return decay  # a Python float, as before: ema_update's numbers are the reference's
     half_life = math.log(0.5) / math.log(decay)
     ramped = jnp.minimum(half_life, rampup * jnp.asarray(step, jnp.float32))
     return jnp.power(jnp.float32(0.5), 1.0 / jnp.maximum(ramped, 1e-8)).astype(jnp.float32)
