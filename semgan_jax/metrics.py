@@ -17,7 +17,8 @@ Inception metrics (float64 numpy for the statistics; no scipy)
     InceptionMetrics(weights=None, batch_size=50): jitted Inception-v3, .forward / .features of
         one batch, .stats(batches, total) / .sample_stats(sample_fn, key, n) -> InceptionStats,
         .fid_is(sample_fn, key, reference, n) -> {'fid', 'is_mean', 'is_std', 'n'}
-    generator_sample_fn(generator, variables) -> sample_fn for the above
+    generator_sampler(generator) -> sample(params, key, n) -> (images, seg logits), jitted once
+    generator_sample_fn(generator, variables) -> sample_fn(key, n) -> images, for the above
 
 How the reference computes FID / IS (utils/inception_utils.py, prepare_inception.py): torchvision
 Inception-v3 pool features (2048) and softmax logits (1000) of images in [-1, 1] (see
@@ -473,20 +474,28 @@ class InceptionMetrics:
         return {"fid": fid, "is_mean": s.is_mean, "is_std": s.is_std, "n": s.n}
 
 
-def generator_sample_fn(generator, variables, truncation: float = 1.0, truncation_latent=None):
-    """sample_fn(key, n) -> images (n, size, size, C) in ~[-1, 1] for `InceptionMetrics`, from a
-    semgan Generator and its (g_ema) variables: fresh z and per-layer noise on every call, as the
-    reference's `sample_gema`. Jitted; compiles once per n."""
+def generator_sampler(generator, truncation: float = 1.0, truncation_latent=None):
+    """sample(params, key, n) -> (images (n, size, size, C) in ~[-1, 1], seg logits (n, size,
+    size, K)) of a semgan Generator: fresh z and per-layer noise on every call, as the reference's
+    `sample_gema`. Jitted once with the params as an argument, so a new training state reuses the
+    compiled program; compiles once per n."""
     import functools
 
     import jax
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def sample_fn(key, n: int):
+    @functools.partial(jax.jit, static_argnums=2)
+    def sample(params, key, n: int):
         k_z, k_noise = jax.random.split(key)
         z = jax.random.normal(k_z, (n, generator.style_dim))
-        image, _ = generator.apply(variables, z, truncation=truncation, truncation_latent=truncation_latent,
-                                   rngs={"noise": k_noise})
-        return image
+        return generator.apply({"params": params}, z, truncation=truncation, truncation_latent=truncation_latent,
+                               rngs={"noise": k_noise})
 
-    return sample_fn
+    return sample
+
+
+def generator_sample_fn(generator, variables, truncation: float = 1.0, truncation_latent=None, sampler=None):
+    """sample_fn(key, n) -> images (n, size, size, C) in ~[-1, 1] for `InceptionMetrics`, from a
+    semgan Generator and its (g_ema) variables, through `sampler` (default: a new
+    `generator_sampler`; pass one to share its compiled program across states)."""
+    sample = sampler or generator_sampler(generator, truncation, truncation_latent)
+    return lambda key, n: sample(variables["params"], key, n)[0]

@@ -167,23 +167,19 @@ def stage1_evaluator(config, models):
     no truncation, no mixing; the same z every time)."""
     import jax
 
+    from semgan_jax.metrics import generator_sampler
+
     d, e = config.data, config.eval
     oracle = load_oracle(d.name, d.resolution, d.data_dir or None)
     reference = oracle.split_stats("test")
-    g = models.g
-    run = jax.jit(lambda p, z, k: g.apply({"params": p}, z, rngs={"noise": k}), static_argnums=())
+    sample = generator_sampler(models.g)
     key = jax.random.PRNGKey(config.seed + 4321)
-
-    def sample_fn(params):
-        def fn(k, b):
-            kz, kn = jax.random.split(k)
-            return run(params, jax.random.normal(kz, (b, g.style_dim)), kn)
-        return fn
 
     def evaluate(state, step):
         out = {}
         for suffix, params in (("", state.g), ("_ema", state.g_ema)):
-            s = generator_scores(oracle, sample_fn(params), key, e.oracle_samples, reference=reference)
+            s = generator_scores(oracle, lambda k, n: sample(params, k, n), key, e.oracle_samples,
+                                 reference=reference)
             out.update({f"oracle_agreement{suffix}": s["agreement"], f"oracle_ofd{suffix}": s["ofd"]})
         return out
 
