@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import optax
 
 from semgan_jax import losses
+from semgan_jax.train import augment
 from semgan_jax.models.discriminator import ImageDiscriminator, MaskDiscriminator
 from semgan_jax.models.generator import Generator, init_generator
 from semgan_jax.train import guard
@@ -100,8 +101,12 @@ class GANHParams:
     g_reg_offset: int = 0
     ema_rampup: float = 0.0
     r1_img_zero_grad: bool = False
+    augment_dr: str = ""
+    augment_dm: str = ""
 
     def __post_init__(self):
+        augment.parse_policy(self.augment_dr)
+        augment.parse_policy(self.augment_dm)
         if not 0 <= self.g_reg_offset < self.g_reg_every:
             raise ValueError(f"train.g_reg_offset must be in [0, g_reg_every={self.g_reg_every}), "
                              f"got {self.g_reg_offset}")
@@ -143,6 +148,8 @@ def default_config():
         r1_img_zero_grad=False,       # True = the official code's bug: its R1 on Dr runs while Dr's
                                       # requires_grad is off (set for the Dm step), so Dr's optimiser
                                       # steps on zero gradients (docs/architecture.md)
+        augment_dr="", augment_dm="", # DiffAugment policies for Dr's / Dm's inputs, e.g.
+                                      # "translation,cutout" (train/augment.py); "" = none (reference)
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
         on_nonfinite="stop",          # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
         trainable="all"))             # 'all' | 'seg_branch': only ToSEG and Dm train, G frozen (seg_branch.py)
@@ -237,6 +244,44 @@ def _dm(models, params, spectral, x, net=None):
     return feats, new["spectral"]
 
 
+def dm_loss(params, spectral, models: GANModels, fake_seg_in, real_seg_in, aug):
+    """Dm's hinge loss on fake and real (image, mask) inputs (N, H, W, C + seg_dim), each through
+    `aug` (see `discriminator_augmenters`): (loss, (new spectral state, real score, fake score))."""
+    fake_pred, spectral = _dm(models, params, spectral, aug(0, fake_seg_in))
+    real_pred, spectral = _dm(models, params, spectral, aug(1, real_seg_in))
+    loss = (losses.hinge_d_loss(fake_pred, False) + losses.hinge_d_loss(real_pred, True)) / 2
+    return loss, (spectral, _final_mean(real_pred), _final_mean(fake_pred))
+
+
+def dm_r1(params, spectral, models: GANModels, real_seg_in, aug):
+    """Dm's R1 penalty (summed scales' final maps) on its real input through `aug`:
+    (penalty, new spectral state)."""
+    def d_fn(x):
+        feats, new_spectral = _dm(models, params, spectral, aug(2, x), models.d_seg_r1)
+        return losses.multiscale_r1_output(feats), new_spectral
+    return losses.r1_penalty(d_fn, real_seg_in, has_aux=True)
+
+
+def dm_generator_loss(d_seg, spectral, models: GANModels, fake_img, fake_seg, real_seg_in, aug, lambda_feat: float):
+    """G's Dm terms: hinge on (detached image, mask) and 1/3-weighted feature matching against the
+    real pairs' features: (adversarial, feature matching, new spectral state). Dm's loss reaches
+    G through the mask only."""
+    fake_in = jnp.concatenate([jax.lax.stop_gradient(fake_img), fake_seg], axis=-1)
+    fake_feats, spectral = _dm(models, d_seg, spectral, aug(3, fake_in))
+    real_feats, spectral = _dm(models, d_seg, spectral, aug(4, real_seg_in))
+    adv = losses.hinge_g_loss(fake_feats)
+    return adv, losses.feature_matching_loss(fake_feats, real_feats, weight=lambda_feat), spectral
+
+
+def discriminator_augmenters(hp: GANHParams, key, image_channels: int):
+    """(aug_dr, aug_dm): `augment.augmenter`s of the iteration's key for Dr's and Dm's inputs
+    (identities when hp's policies are empty: the reference's step, unchanged)."""
+    k_dr, k_dm = (jax.random.split(jax.random.fold_in(key, 0xA06)) if hp.augment_dr or hp.augment_dm
+                  else (None, None))
+    return (augment.augmenter(hp.augment_dr, k_dr, image_channels),
+            augment.augmenter(hp.augment_dm, k_dm, image_channels))
+
+
 def _final_mean(feats):
     return sum(jnp.mean(f[-1]) for f in feats) / len(feats)
 
@@ -270,13 +315,14 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     real_seg_in = jnp.concatenate([batch["seg_image"], batch["seg_mask"]], axis=-1)
     b = hp.batch_size
     metrics = {}
+    aug_dr, aug_dm = discriminator_augmenters(hp, state.key, models.g.image_channels)
 
     # 1. Dr
     fake_img, _ = generate(models, state.g, k_dimg, b, hp.mixing, draw=_draw("d_img"))
 
     def d_img_loss(p):
-        fake_pred = models.d_img.apply({"params": p}, fake_img)
-        real_pred = models.d_img.apply({"params": p}, real_img)
+        fake_pred = models.d_img.apply({"params": p}, aug_dr(0, fake_img))
+        real_pred = models.d_img.apply({"params": p}, aug_dr(1, real_img))
         return losses.d_logistic_loss(real_pred, fake_pred), (jnp.mean(real_pred), jnp.mean(fake_pred))
 
     (loss, (real_score, fake_score)), grads = jax.value_and_grad(d_img_loss, has_aux=True)(state.d_img)
@@ -288,14 +334,8 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     fake_img, fake_seg = generate(models, state.g, k_dseg, b, hp.mixing, draw=_draw("d_seg"))
     fake_seg_in = jnp.concatenate([fake_img, fake_seg], axis=-1)
 
-    def d_seg_loss(p, spectral):
-        fake_pred, spectral = _dm(models, p, spectral, fake_seg_in)
-        real_pred, spectral = _dm(models, p, spectral, real_seg_in)
-        loss = (losses.hinge_d_loss(fake_pred, False) + losses.hinge_d_loss(real_pred, True)) / 2
-        return loss, (spectral, _final_mean(real_pred), _final_mean(fake_pred))
-
-    (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(d_seg_loss, has_aux=True)(
-        state.d_seg, state.d_seg_spectral)
+    (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(dm_loss, has_aux=True)(
+        state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm)
     d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
     d_seg, d_seg_opt, spectral = _pin("Dm", d_seg, d_seg_opt, spectral)
     metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
@@ -309,7 +349,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
             return jax.tree.map(lambda g: g * weight, grads)
 
         def r1_img(p):
-            return losses.r1_penalty(lambda x: models.d_img_r1.apply({"params": p}, x), real_img)
+            return losses.r1_penalty(lambda x: models.d_img_r1.apply({"params": p}, aug_dr(2, x)), real_img)
 
         r1_i, grads = jax.value_and_grad(r1_img)(d_img)
         if hp.r1_img_zero_grad:  # as the official loop: no R1 gradient reaches Dr, Adam steps on zeros
@@ -317,13 +357,8 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads), d_img_opt, d_img, r1_i)
         d_img, d_img_opt = _pin("Dr R1", d_img, d_img_opt)
 
-        def r1_seg(p):
-            def d_fn(x):
-                feats, new_spectral = _dm(models, p, spectral, x, models.d_seg_r1)
-                return losses.multiscale_r1_output(feats), new_spectral
-            return losses.r1_penalty(d_fn, real_seg_in, has_aux=True)
-
-        (r1_s, spectral), grads = jax.value_and_grad(r1_seg, has_aux=True)(d_seg)
+        (r1_s, spectral), grads = jax.value_and_grad(dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
+                                                                        aug_dm)
         d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, scaled(grads), d_seg_opt, d_seg, r1_s)
         d_seg, d_seg_opt, spectral = _pin("Dm R1", d_seg, d_seg_opt, spectral)
         return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}, ok_i, ok_s
@@ -337,13 +372,10 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     # 4. G
     def g_loss(p, spectral):
         fake_img, fake_seg = generate(models, p, k_g, b, hp.mixing, draw=_draw("g"))
-        fake_img_pred = models.d_img.apply({"params": d_img}, fake_img)
-        fake_in = jnp.concatenate([jax.lax.stop_gradient(fake_img), fake_seg], axis=-1)
-        fake_feats, spectral = _dm(models, d_seg, spectral, fake_in)
-        real_feats, spectral = _dm(models, d_seg, spectral, real_seg_in)
+        fake_img_pred = models.d_img.apply({"params": d_img}, aug_dr(3, fake_img))
         g_img = losses.g_nonsaturating_loss(fake_img_pred)
-        g_seg_adv = losses.hinge_g_loss(fake_feats)
-        g_seg_feat = losses.feature_matching_loss(fake_feats, real_feats, weight=hp.lambda_dseg_feat)
+        g_seg_adv, g_seg_feat, spectral = dm_generator_loss(d_seg, spectral, models, fake_img, fake_seg, real_seg_in,
+                                                            aug_dm, hp.lambda_dseg_feat)
         total = g_img + g_seg_adv + g_seg_feat
         return total, (spectral, {"g": total, "g_img": g_img, "g_seg_adv": g_seg_adv, "g_seg_feat": g_seg_feat})
 
@@ -541,16 +573,17 @@ def fid_evaluator(config, models: GANModels, workdir, iterators: dict):
     from pathlib import Path
 
     from semgan_jax.checkpoint import Checkpointer
-    from semgan_jax.metrics import InceptionMetrics, generator_sample_fn, load_stats
+    from semgan_jax.metrics import InceptionMetrics, generator_sample_fn, generator_sampler, load_stats
 
     e = config.eval
+    sampler = generator_sampler(models.g)
     reference = load_stats(e.stats)
     inception = InceptionMetrics(e.inception or None, batch_size=e.batch_size)
     best_dir = Path(workdir) / "best"
     record = best_dir / "fid.json"
 
     def evaluate(state, step):
-        sample_fn = generator_sample_fn(models.g, {"params": state.g_ema})
+        sample_fn = generator_sample_fn(models.g, {"params": state.g_ema}, sampler=sampler)
         out = inception.fid_is(sample_fn, jax.random.PRNGKey(config.seed + 999), reference, e.n_samples,
                                progress=False)
         best = json.loads(record.read_text())["fid"] if record.is_file() else float("inf")

@@ -36,7 +36,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from semgan_jax import losses
 from semgan_jax.train import gan, guard, loop
 from semgan_jax.train.state import ema_decay_at, ema_update
 
@@ -97,31 +96,21 @@ def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, b
     b = hp.batch_size
     metrics = {}
 
+    aug_dm = gan.discriminator_augmenters(hp, state.key, models.g.image_channels)[1]
+
     # 1. Dm
     fake_img, fake_seg = gan.generate(models, state.g, k_dseg, b, hp.mixing)
     fake_seg_in = jnp.concatenate([fake_img, fake_seg], axis=-1)
-
-    def d_seg_loss(p, spectral):
-        fake_pred, spectral = gan._dm(models, p, spectral, fake_seg_in)
-        real_pred, spectral = gan._dm(models, p, spectral, real_seg_in)
-        loss = (losses.hinge_d_loss(fake_pred, False) + losses.hinge_d_loss(real_pred, True)) / 2
-        return loss, (spectral, gan._final_mean(real_pred), gan._final_mean(fake_pred))
-
-    (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(d_seg_loss, has_aux=True)(
-        state.d_seg, state.d_seg_spectral)
+    (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(gan.dm_loss, has_aux=True)(
+        state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm)
     d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
     metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
 
     # 2. lazy R1 on Dm
     last_reg, ok_r1 = state.last_reg, jnp.array(True)
     if d_reg:
-        def r1_seg(p):
-            def d_fn(x):
-                feats, new_spectral = gan._dm(models, p, spectral, x, models.d_seg_r1)
-                return losses.multiscale_r1_output(feats), new_spectral
-            return losses.r1_penalty(d_fn, real_seg_in, has_aux=True)
-
-        (r1, spectral), grads = jax.value_and_grad(r1_seg, has_aux=True)(d_seg)
+        (r1, spectral), grads = jax.value_and_grad(gan.dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
+                                                                            aug_dm)
         grads = jax.tree.map(lambda g: g * (hp.r1 / 2 * hp.d_reg_every), grads)
         d_seg, d_seg_opt, ok_r1 = guard.apply_updates(models.d_seg_tx, grads, d_seg_opt, d_seg, r1)
         last_reg = {**last_reg, "r1_seg": r1}
@@ -129,11 +118,8 @@ def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, b
     # 3. ToSEG: only this subtree is differentiated, so the synthesis runs forward only
     def seg_loss(seg, spectral):
         fake_img, fake_seg = gan.generate(models, with_to_seg(state.g, seg), k_g, b, hp.mixing)
-        fake_in = jnp.concatenate([jax.lax.stop_gradient(fake_img), fake_seg], axis=-1)
-        fake_feats, spectral = gan._dm(models, d_seg, spectral, fake_in)
-        real_feats, spectral = gan._dm(models, d_seg, spectral, real_seg_in)
-        adv = losses.hinge_g_loss(fake_feats)
-        feat = losses.feature_matching_loss(fake_feats, real_feats, weight=hp.lambda_dseg_feat)
+        adv, feat, spectral = gan.dm_generator_loss(d_seg, spectral, models, fake_img, fake_seg, real_seg_in, aug_dm,
+                                                    hp.lambda_dseg_feat)
         return adv + feat, (spectral, {"g": adv + feat, "g_seg_adv": adv, "g_seg_feat": feat})
 
     seg = to_seg(state.g)
