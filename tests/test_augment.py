@@ -96,8 +96,9 @@ def test_augmentation_is_differentiable_and_site_dependent():
 
 
 @functools.lru_cache(maxsize=None)
-def _step_metrics(augment_dr: str, augment_dm: str):
-    cfg = tiny_gan_config(**{"train.augment_dr": augment_dr, "train.augment_dm": augment_dm})
+def _step(**train):
+    """(state, metrics) of one tiny stage-1 iteration with R1 (batch 4) under `train` overrides."""
+    cfg = tiny_gan_config(**{f"train.{k}": v for k, v in train.items()})
     models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
     hp = gan.hparams_from_config({**cfg.train.to_dict(), "batch_size": 4})
     state = gan.init_state(models, jax.random.key(0))
@@ -106,14 +107,27 @@ def _step_metrics(augment_dr: str, augment_dm: str):
              "seg_image": rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32),
              "seg_mask": np.eye(6, dtype=np.float32)[rng.integers(0, 6, (4, 16, 16))] * 2 - 1}
     step = jax.jit(functools.partial(gan.train_step, models, hp, d_reg=True, g_reg=False))
-    _, metrics = step(state, batch)
-    return {k: float(v) for k, v in metrics.items()}
+    state, metrics = step(state, batch)
+    return state, {k: float(v) for k, v in metrics.items()}
 
 
 def test_stage1_step_with_augmentation():
     """Both discriminators' losses, their R1 and G's Dm terms see the augmented inputs (they
     change with the policies) and stay finite."""
-    plain, augmented = _step_metrics("", ""), _step_metrics("color,translation,cutout", "translation,cutout")
+    plain = _step(augment_dr="", augment_dm="")[1]
+    augmented = _step(augment_dr="color,translation,cutout", augment_dm="translation,cutout")[1]
     assert all(np.isfinite(v) for v in augmented.values())
     for key in ("d_img", "d_seg", "r1_img", "r1_seg", "g_seg_feat"):
         assert augmented[key] != plain[key], key
+
+
+def test_r1_weight_of_dr_alone():
+    """train.r1_dr sets Dr's R1 weight and leaves Dm's: with r1_dr = 0 Dr's R1 update moves
+    nothing (so Dr and then G differ from the reference step) while Dm is bit-identical."""
+    train = gan.default_config().train.to_dict()
+    assert gan.hparams_from_config(train).r1_weights == (10.0, 10.0)
+    assert gan.hparams_from_config({**train, "r1_dr": 0.01}).r1_weights == (0.01, 10.0)
+    (ref, _), (no_dr, _) = _step(augment_dr="", augment_dm=""), _step(augment_dr="", augment_dm="", r1_dr=0.0)
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))  # noqa: E731
+    assert same(ref.d_seg, no_dr.d_seg) and same(ref.d_seg_spectral, no_dr.d_seg_spectral)
+    assert not same(ref.d_img, no_dr.d_img) and not same(ref.g, no_dr.g)

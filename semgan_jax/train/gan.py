@@ -103,6 +103,12 @@ class GANHParams:
     r1_img_zero_grad: bool = False
     augment_dr: str = ""
     augment_dm: str = ""
+    r1_dr: float = -1.0
+
+    @property
+    def r1_weights(self) -> tuple[float, float]:
+        """(Dr's, Dm's) R1 weight: train.r1 for both (the reference) unless train.r1_dr >= 0."""
+        return (self.r1 if self.r1_dr < 0 else self.r1_dr), self.r1
 
     def __post_init__(self):
         augment.parse_policy(self.augment_dr)
@@ -148,6 +154,7 @@ def default_config():
         r1_img_zero_grad=False,       # True = the official code's bug: its R1 on Dr runs while Dr's
                                       # requires_grad is off (set for the Dm step), so Dr's optimiser
                                       # steps on zero gradients (docs/architecture.md)
+        r1_dr=-1.0,                   # Dr's R1 weight when >= 0 (Dm keeps r1); -1 = r1 for both (reference)
         augment_dr="", augment_dm="", # DiffAugment policies for Dr's / Dm's inputs, e.g.
                                       # "translation,cutout" (train/augment.py); "" = none (reference)
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
@@ -343,10 +350,10 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     # 3. lazy R1 on both discriminators
     def d_regularize(args):
         d_img, d_img_opt, d_seg, d_seg_opt, spectral, last = args
-        weight = hp.r1 / 2 * hp.d_reg_every
+        r1_dr, r1_dm = hp.r1_weights
 
-        def scaled(grads):
-            return jax.tree.map(lambda g: g * weight, grads)
+        def scaled(grads, r1):
+            return jax.tree.map(lambda g: g * (r1 / 2 * hp.d_reg_every), grads)
 
         def r1_img(p):
             return losses.r1_penalty(lambda x: models.d_img_r1.apply({"params": p}, aug_dr(2, x)), real_img)
@@ -354,12 +361,12 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         r1_i, grads = jax.value_and_grad(r1_img)(d_img)
         if hp.r1_img_zero_grad:  # as the official loop: no R1 gradient reaches Dr, Adam steps on zeros
             grads = jax.tree.map(jnp.zeros_like, grads)
-        d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads), d_img_opt, d_img, r1_i)
+        d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads, r1_dr), d_img_opt, d_img, r1_i)
         d_img, d_img_opt = _pin("Dr R1", d_img, d_img_opt)
 
         (r1_s, spectral), grads = jax.value_and_grad(dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
                                                                         aug_dm)
-        d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, scaled(grads), d_seg_opt, d_seg, r1_s)
+        d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, scaled(grads, r1_dm), d_seg_opt, d_seg, r1_s)
         d_seg, d_seg_opt, spectral = _pin("Dm R1", d_seg, d_seg_opt, spectral)
         return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}, ok_i, ok_s
 
