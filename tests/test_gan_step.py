@@ -212,5 +212,7 @@ def test_path_length_offset_keeps_the_amount_and_never_meets_r1():
     assert (True, True) in set(ref) and (True, True) not in set(moved)  # so its program is never compiled
     old_run = {k: v for k, v in train.to_dict().items() if k != "g_reg_offset"}  # a config.json saved before it
     assert gan.hparams_from_config(old_run).g_reg_offset == 0
+    no_path = gan.hparams_from_config({**train.to_dict(), "path_regularize": 0.0})
+    assert [gan.regularize_flags(i, no_path) for i in range(64)] == [(d, False) for d, _ in ref]
     with pytest.raises(ValueError, match="g_reg_offset must be in"):
         gan.hparams_from_config({**train.to_dict(), "g_reg_offset": 4})

@@ -295,8 +295,9 @@ def _final_mean(feats):
 
 def regularize_flags(step: int, hp: GANHParams) -> tuple[bool, bool]:
     """(d_reg, g_reg) of iteration `step` (0-based): lazy R1 and path length, as the reference
-    when hp.g_reg_offset is 0."""
-    return step % hp.d_reg_every == 0, (step - hp.g_reg_offset) % hp.g_reg_every == 0
+    when hp.g_reg_offset is 0. path_regularize 0 never runs the path-length update (the reference
+    runs it with weight 0: Adam steps on zero gradients, which only decays G's second moments)."""
+    return step % hp.d_reg_every == 0, hp.path_regularize > 0 and (step - hp.g_reg_offset) % hp.g_reg_every == 0
 
 
 def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, *, d_reg: bool, g_reg: bool,
