@@ -78,11 +78,19 @@ def _downsample_to_256(x):
     return x.reshape(n, h // f, f, w // f, f, c).mean(axis=(2, 4))
 
 
-def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w_mean=None):
+def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w_mean=None, draws=None, pin=None):
     """Optimise one image. target (H, W, C). variables: {'g': G params, 'e': {'params',
     'batch_stats'?} or None, 'lpips': LPIPS params or None}. Returns dict with w_plus
     (n_latent, D), noises (list of (r, r, 1)), image (H, W, C), seg (H, W, K) and the loss
-    history (step,)."""
+    history (step,).
+
+    For tests against the reference (tests/test_training_parity.py; None in production, where
+    the program is the same as without them):
+    draws: recorded random draws replacing the key's, {'noise': the initial noise maps (1, r, r, 1)};
+    pin: f(i, values) -> values, called after Adam step i (0-based, traced) with (params
+        {'w', 'noises'} before the noise renormalisation, Adam's state, the gradients); the
+        optimisation continues from the (params, state) it returns, and the result gets 'trace':
+        the values passed, stacked over the steps."""
     x = target[None]
     k_noise, k_step = jax.random.split(key)
 
@@ -93,7 +101,7 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
         w0 = jnp.broadcast_to(w_mean.reshape(1, 1, -1), (1, inv.g.n_latent, w_mean.shape[-1]))
     else:
         w0 = encode(x)
-    params = {"w": w0, "noises": inv.g.make_noise(k_noise, 1)}
+    params = {"w": w0, "noises": inv.g.make_noise(k_noise, 1) if draws is None else list(draws["noise"])}
     tx = inference_optimizer(cfg.step, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
 
     def generate(p, key):
@@ -118,21 +126,29 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
                     + cfg.lambda_encoder_init * _mse(p["w"], w0))
         return loss
 
-    def body(carry, key):
+    def body(carry, xs):
         p, opt_state = carry
+        i, key = xs if pin is not None else (None, xs)
         loss, grads = jax.value_and_grad(loss_fn)(p, key)
         if not cfg.optimize_noise:
             grads = {**grads, "noises": jax.tree.map(jnp.zeros_like, grads["noises"])}
         updates, opt_state = tx.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
+        seen = None
+        if pin is not None:
+            seen = (p, opt_state, grads)
+            p, opt_state = pin(i, seen)[:2]
         if cfg.optimize_noise:
             p = {**p, "noises": losses.noise_normalize(p["noises"])}
-        return (p, opt_state), loss
+        return (p, opt_state), (loss, seen)
 
-    (p, _), history = jax.lax.scan(body, (params, tx.init(params)), jax.random.split(k_step, cfg.step))
+    keys = jax.random.split(k_step, cfg.step)
+    steps = keys if pin is None else (jnp.arange(cfg.step), keys)
+    (p, _), (history, trace) = jax.lax.scan(body, (params, tx.init(params)), steps)
     image, seg = generate(p, k_step)
-    return {"w_plus": p["w"][0], "noises": [n[0] for n in p["noises"]], "image": image[0], "seg": seg[0],
-            "loss": history}
+    out = {"w_plus": p["w"][0], "noises": [n[0] for n in p["noises"]], "image": image[0], "seg": seg[0],
+           "loss": history}
+    return out if pin is None else {**out, "trace": trace}
 
 
 def invert(inv: Inverter, variables: dict, cfg: InvertConfig, targets, key):

@@ -1,4 +1,6 @@
-"""The stage-1 train step against the official train_seg_gan.py loop, phase by phase.
+"""The stage-1 train step, the stage-2 step and the first inference steps against the official
+train_seg_gan.py / train_enc.py loops and inference.py, phase by phase (stage 2 and inference at
+the end of this file; docs/architecture.md).
 
 The fixtures (tools/make_training_fixtures.py; no torch needed here) hold the official loop run
 in float64 on tiny networks with every random draw recorded, and its state after every optimiser
@@ -285,4 +287,296 @@ def test_stage1_step_matches_official_loop(path):
         print(f"  {what:<40} {err:16.2e} {'-' if tol is None else f'{tol:.1e}':>10} {gap:16.2e}")
     bad = [f"{what}: {err:.2e} > {tol:.1e} (official float32 gap {gap:.2e})" for what, err, tol, gap in rows
            if tol is not None and not err <= tol]
+    assert not bad, "\n".join(bad)
+
+
+# ---- stage 2: train_enc.py -------------------------------------------------------------------
+
+STAGE2_FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("train_stage2_*.npz"))
+STAGE2_UPDATES = {"unlabel": "E (unlabeled)", "label": "E (labeled)"}
+
+
+def _reference_tool():
+    """tools/make_reference_fixtures.py's NumPy half (regenerate_state_dicts; torch is not imported)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "make_reference_fixtures.py"
+    spec = importlib.util.spec_from_file_location("make_reference_fixtures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Stage2Fixture(Fixture):
+    """A stage-2 fixture: G_ema, the narrow FPN encoder (official module, widths / fpn_div) and the
+    LPIPS heads; the LPIPS backbone is regenerated from its fill manifest."""
+
+    def __init__(self, path):
+        self.meta, self.arrays = load(path)
+        self.case = c = self.meta["case"]
+        self.config = model_config({**c, "ndf": 2})
+        self.config["encoder"] = dict(backbone="fpn", base_width=64 // c["fpn_div"], feature_dim=c["style_dim"],
+                                      channel_max=512)
+        self.init = {net: self.unpack(self.arrays[f"init/{net}"], net) for net in ("g_ema", "e")}
+
+    def e(self, params_vector=None, buffer_vector=None) -> dict:
+        values = {}
+        if params_vector is not None:
+            values.update(self.unpack(params_vector, "e", self.meta["params"]["e"]))
+        if buffer_vector is not None:
+            values.update(self.unpack(buffer_vector, "e", self.meta["buffers"]["e"]))
+        return self.flax("e", values)
+
+    def e_params(self, vector) -> dict:
+        return self.e(params_vector=vector)["params"]
+
+    def lpips_params(self) -> dict:
+        from semgan_jax.perceptual.convert import lpips_variables
+
+        backbone = _reference_tool().regenerate_state_dicts(self.meta["lpips"])["lpips"]
+        heads = self.unpack(self.arrays["lpips/heads"], "lpips_heads")
+        return lpips_variables("vgg", backbone, heads)["params"]
+
+    def draws(self, it: int) -> dict:
+        out = {}
+        for phase in ("unlabel", "label"):
+            pre = f"it{it}/draw/{phase}/"
+            n = sum(k.startswith(pre + "noise_") for k in self.arrays)
+            out[phase] = {"noise": [self.arrays[f"{pre}noise_{i}"] for i in range(n)]}
+        return out
+
+
+def stage2_setup(fx: Stage2Fixture):
+    """(models, hp, frozen) of the fixture's run: train_enc.py's defaults, the fixture's lr window,
+    the reference's eval-mode BatchNorm after iteration 0 (bn_eval_after_first)."""
+    from semgan_jax.perceptual.lpips import LPIPS
+    from semgan_jax.train import encoder as stage2
+
+    c = fx.case
+    cfg = stage2.default_config()
+    cfg.encoder.update(fx.config["encoder"])
+    cfg.train.update(lr_decay_start=c["lr_decay_iter_start"], lr_decay_end=c["lr_decay_iter_end"],
+                     bn_eval_after_first=True)
+    models = stage2.build_models(ml_collections.ConfigDict(fx.config["model"]), cfg, LPIPS("vgg"))
+    hp = stage2.hparams_from_config(cfg.train)
+    frozen = {"g": fx.flax("g_ema", {})["params"], "lpips": fx.lpips_params()}
+    return models, hp, frozen, cfg
+
+
+def ranger_state(tx, params, slow, mu, nu, count):
+    """encoder_optimizer's state (torch clipping, Ranger) with the given moments and step count."""
+    import optax
+
+    state = tx.init(optax.LookaheadParams(fast=params, slow=slow))
+    clip, look = state
+    empty, radam, sched = look.fast_state
+    count = jnp.asarray(count, jnp.int32)
+    radam = radam._replace(count=count, mu=mu, nu=nu)
+    return (clip, look._replace(fast_state=(empty, radam, sched._replace(count=count)),
+                                steps_since_sync=count % 6))
+
+
+@functools.cache
+def pinned_encoder_step(models, hp):
+    """jit of encoder.train_step with recorded draws and official values pinned after each update:
+    (state, frozen, batch, draws, pins) -> (metrics, {update: what ours computed})."""
+    from semgan_jax.train import encoder as stage2
+
+    def run(state, frozen, batch, draws, pins):
+        captured = {}
+
+        def pin(update, values):
+            captured[update] = values
+            return pins[update] + (values[4],)
+
+        _, metrics = stage2.train_step(models, hp, state, frozen, batch, draws=draws, pin=pin)
+        return metrics, captured
+
+    return jax.jit(run)
+
+
+def compare_stage2_iteration(fx: Stage2Fixture, models, hp, frozen, cfg, it: int):
+    """Iteration `it` from the official state before it, pinned after each update; returns rows
+    (what, ours vs official, tolerance, official float32 gap)."""
+    from semgan_jax.train import encoder as stage2
+    from semgan_jax.train.state import clip_by_global_norm_torch
+
+    a, meta = fx.arrays, fx.meta
+    init = fx.e()
+    if it == 0:
+        params, stats = init["params"], init["batch_stats"]
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        opt = {"unlabel": (params, zeros, zeros, 0), "label": (params, zeros, zeros, 0)}
+    else:
+        prev = fx.e(a[f"it{it - 1}/label/param"], a[f"it{it - 1}/label/buffer"])
+        params, stats = prev["params"], prev["batch_stats"]
+        opt = {ph: (fx.e_params(a[f"it{it - 1}/{ph}/slow_buffer"]), fx.e_params(a[f"it{it - 1}/{ph}/exp_avg"]),
+                    fx.e_params(a[f"it{it - 1}/{ph}/exp_avg_sq"]), int(a[f"it{it - 1}/{ph}/step"]))
+               for ph in ("unlabel", "label")}
+    txs = {"unlabel": models.tx_unlabel, "label": models.tx_label}
+    state = stage2.EncoderState(
+        step=jnp.asarray(it, jnp.int32), key=jax.random.PRNGKey(0), params=params, batch_stats=stats,
+        slow_unlabel=opt["unlabel"][0], slow_label=opt["label"][0],
+        opt_unlabel=ranger_state(txs["unlabel"], params, *opt["unlabel"]),
+        opt_label=ranger_state(txs["label"], params, *opt["label"]), health=guard.init_health())
+    expected, pins, before = {}, {}, params
+    for ph in ("unlabel", "label"):
+        pre = f"it{it}/{ph}/"
+        after = fx.e(a[pre + "param"], a[pre + "buffer"])
+        off = {"before": before, "param": after["params"], "stats": after["batch_stats"],
+               "slow": fx.e_params(a[pre + "slow_buffer"]), "mu": fx.e_params(a[pre + "exp_avg"]),
+               "nu": fx.e_params(a[pre + "exp_avg_sq"]), "grad": fx.e_params(a[pre + "grad"]),
+               "count": int(a[pre + "step"])}
+        expected[ph] = off
+        pins[STAGE2_UPDATES[ph]] = (off["param"], off["stats"], off["slow"],
+                                    ranger_state(txs[ph], off["param"], off["slow"], off["mu"], off["nu"], off["count"]))
+        before = off["param"]
+    batch = {k: jnp.asarray(a[f"it{it}/batch/{k}"]) for k in ("image", "seg_image", "seg_mask")}
+    metrics, ours = pinned_encoder_step(models, hp)(state, frozen, batch, fx.draws(it), pins)
+
+    rows, train_mode = [], meta["train_mode"][it]
+    for ph, clip in (("unlabel", cfg.train.unlabel_grad_clip), ("label", cfg.train.label_grad_clip)):
+        off, (p, st, slow, opt_state, raw) = expected[ph], ours[STAGE2_UPDATES[ph]]
+        gap, steps = meta["f32_gap"][f"it{it}/{ph}"], meta["steps"][f"it{it}/{ph}"]
+        radam = opt_state[1].fast_state[1]
+        norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(raw))))
+        clipped, _ = clip_by_global_norm_torch(clip).update(raw, None)
+        name = f"it{it} E {ph}"
+        rows += [(f"{name} gradient norm (before clipping)", abs(norm - steps["clip_norm"]) / steps["clip_norm"],
+                  max(TOL, gap["clip_norm"]), gap["clip_norm"]),
+                 (f"{name} clipped gradient", rel(clipped, off["grad"]), TOL, gap["grad"]),
+                 (f"{name} first moment", rel(radam.mu, off["mu"]), TOL, gap["exp_avg"]),
+                 (f"{name} second moment", rel(radam.nu, off["nu"]), TOL, gap["exp_avg_sq"]),
+                 (f"{name} Ranger step", abs(int(radam.count) - off["count"]), 0, 0.0),
+                 (f"{name} Lookahead slow weights", rel(slow, off["slow"]), TOL, gap["slow_buffer"]),
+                 # as in stage 1: held where the official first moment is >= 1e-3 of its largest
+                 # (the adaptive step lr·m / (sqrt(v) + eps) amplifies rounding where v is tiny)
+                 (f"{name} parameter update", rel_where_grad(tree_sub(p, off["before"]),
+                                                             tree_sub(off["param"], off["before"]), off["mu"]),
+                  max(TOL, gap["update"]), gap["update"]),
+                 (f"{name} parameter update, all", rel(tree_sub(p, off["before"]),
+                                                       tree_sub(off["param"], off["before"])), None, gap["update"]),
+                 (f"{name} BatchNorm running mean", rel(jax.tree.map(lambda s: s["mean"], st, is_leaf=_is_bn),
+                                                      jax.tree.map(lambda s: s["mean"], off["stats"], is_leaf=_is_bn)),
+                  TOL, gap["buffer"]),
+                 # train mode: flax averages the biased batch variance, torch the unbiased one
+                 # (docs/architecture.md); shown, held only where BatchNorm is in eval mode
+                 (f"{name} BatchNorm running var", rel(jax.tree.map(lambda s: s["var"], st, is_leaf=_is_bn),
+                                                     jax.tree.map(lambda s: s["var"], off["stats"], is_leaf=_is_bn)),
+                  None if train_mode else TOL, gap["buffer"])]
+    rows.append((f"it{it} updates refused as non-finite", int(metrics["skipped_updates"]), 0, 0.0))
+    for k, ref in meta["losses"][it].items():
+        rows.append((f"it{it} loss {k}", abs(float(metrics[k]) - ref) / max(abs(ref), 1e-12), LOSS_TOL,
+                     meta["f32_losses_gap"][it][k]))
+    return rows
+
+
+def _is_bn(x):
+    return isinstance(x, dict) and set(x) == {"mean", "var"}
+
+
+# slow: one XLA program holding the FPN encoder (train- and eval-mode BatchNorm), G and VGG16
+# forward and backward twice; minutes to compile on a 2-core machine without a warm cache
+@pytest.mark.slow
+@pytest.mark.skipif(not STAGE2_FIXTURES, reason="no stage-2 training fixtures (tools/make_training_fixtures.py)")
+@pytest.mark.parametrize("path", STAGE2_FIXTURES, ids=lambda p: p.stem)
+def test_stage2_step_matches_official_loop(path):
+    """encoder.train_step against train_enc.py's loop: Ranger (gradient centralisation, RAdam,
+    Lookahead), torch-style clipping, the lr window, LPIPS with the official v0.1 heads, BatchNorm
+    in train mode at iteration 0 and in eval mode after it (bn_eval_after_first, as the official
+    run), pinned after each update."""
+    fx = Stage2Fixture(path)
+    models, hp, frozen, cfg = stage2_setup(fx)
+    rows = [r for it in fx.case["compare"] for r in compare_stage2_iteration(fx, models, hp, frozen, cfg, it)]
+    print(f"\n{path.stem}: {'what':<44} {'ours vs official':>16} {'tolerance':>10} {'official f32 gap':>16}")
+    for what, err, tol, gap in rows:
+        print(f"  {what:<44} {err:16.2e} {'-' if tol is None else f'{tol:.1e}':>10} {gap:16.2e}")
+    bad = [f"{what}: {err:.2e} > {tol:.1e} (official float32 gap {gap:.2e})" for what, err, tol, gap in rows
+           if tol is not None and not err <= tol]
+    assert not bad, "\n".join(bad)
+
+
+# ---- inference: inference.py -----------------------------------------------------------------
+
+INFER_FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("infer_*.npz"))
+
+
+class InferFixture(Stage2Fixture):
+    """An inference fixture: G_ema, the narrow FPN encoder (eval mode), LPIPS, the target, the
+    initial noise maps and Adam's first steps over w+ and the noise maps."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.shapes = [(k, tuple(s)) for k, s in self.meta["param_layout"]]
+
+    def opt_params(self, vector) -> dict:
+        """A packed {'noise_i', 'w'} vector -> {'w': (1, n_latent, D), 'noises': [(1, r, r, 1)]}."""
+        sizes = [int(np.prod(s)) for _, s in self.shapes]
+        parts = dict(zip([k for k, _ in self.shapes], np.split(np.asarray(vector), np.cumsum(sizes)[:-1])))
+        d = {k: parts[k].reshape(s) for k, s in self.shapes}
+        n = sum(k.startswith("noise_") for k in d)
+        return {"w": jnp.asarray(d["w"]), "noises": [jnp.asarray(d[f"noise_{i}"]) for i in range(n)]}
+
+    def stacked(self, what):
+        """steps/{what} (steps, P) -> the pytree of opt_params with a leading step axis."""
+        per_step = [self.opt_params(v) for v in self.arrays[f"steps/{what}"]]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+
+
+@pytest.mark.slow  # the scan over FPN, G and VGG16 forward and backward: ~1.5 min to compile on 2 cores
+@pytest.mark.skipif(not INFER_FIXTURES, reason="no inference fixtures (tools/make_training_fixtures.py)")
+@pytest.mark.parametrize("path", INFER_FIXTURES, ids=lambda p: p.stem)
+def test_inference_steps_match_official(path):
+    """infer.invert_one against inference.py's loop (--w_plus, encoder initialisation): Adam over
+    w+ and the noise maps with the lr ramp, LPIPS + noise regulariser + MSE + encoder-consistency
+    loss, the noise renormalisation; pinned to the official values after every step."""
+    from semgan_jax import infer
+    from semgan_jax.perceptual.lpips import LPIPS
+    from semgan_jax.train import encoder as stage2
+    from semgan_jax.train.state import inference_lr_schedule
+
+    fx = InferFixture(path)
+    c, meta = fx.case, fx.meta
+    g = gan.build_models(ml_collections.ConfigDict(fx.config["model"]), 0.0, 1, 1).g
+    e = stage2.build_encoder(ml_collections.ConfigDict(fx.config["model"]), ml_collections.ConfigDict(fx.config["encoder"]))
+    inv = infer.Inverter(g=g, e=e, lpips=LPIPS("vgg"))
+    variables = {"g": fx.flax("g_ema", {})["params"], "e": fx.e(), "lpips": fx.lpips_params()}
+    cfg = infer.InvertConfig(step=c["steps"])
+    draws = {"noise": [jnp.asarray(fx.arrays[f"draw/noise_{i}"]) for i in range(len(fx.shapes) - 1)]}
+    off = {what: fx.stacked(what) for what in ("grad", "before", "param", "exp_avg", "exp_avg_sq")}
+
+    def pin(i, values):
+        p, opt_state, _ = values
+        adam, sched = opt_state
+        at = jax.tree.map(lambda x: x[i], off)
+        return at["param"], (adam._replace(mu=at["exp_avg"], nu=at["exp_avg_sq"]), sched)
+
+    run = jax.jit(lambda v, t: infer.invert_one(inv, v, cfg, t, jax.random.PRNGKey(0), draws=draws, pin=pin))
+    out = run(variables, jnp.asarray(fx.arrays["target"][0]))
+    p_after, opt_state, grads = out["trace"]
+    adam = opt_state[0]
+
+    rows = []
+    for i in range(c["steps"]):
+        at = jax.tree.map(lambda x: x[i], off)
+        ours = jax.tree.map(lambda x: x[i], (p_after, adam.mu, adam.nu, grads))
+        gap = meta["f32_gap"][i]
+        rows += [(f"step {i} lr", abs(float(inference_lr_schedule(i, c["steps"])) - meta["lr"][i]) / 0.1, LOSS_TOL, 0.0),
+                 (f"step {i} loss", abs(float(out["loss"][i]) - meta["losses"][i]) / abs(meta["losses"][i]), LOSS_TOL,
+                  meta["f32_losses_gap"][i]),
+                 (f"step {i} w+ gradient", rel(ours[3]["w"], at["grad"]["w"]), TOL, gap["grad"]),
+                 (f"step {i} noise gradient", rel(ours[3]["noises"], at["grad"]["noises"]), TOL, gap["grad"]),
+                 (f"step {i} first moment", rel(ours[1], at["exp_avg"]), TOL, gap["exp_avg"]),
+                 (f"step {i} second moment", rel(ours[2], at["exp_avg_sq"]), TOL, gap["exp_avg_sq"]),
+                 (f"step {i} Adam step", abs(int(adam.count[i]) - meta["adam_step"][i]), 0, 0.0),
+                 (f"step {i} update", rel(tree_sub(ours[0], at["before"]), tree_sub(at["param"], at["before"])),
+                  max(TOL, gap["update"]), gap["update"])]
+    final = fx.opt_params(fx.arrays["final"])  # the last step's maps renormalised, w+ as stepped
+    rows.append(("final w+", rel(out["w_plus"][None], final["w"]), TOL, 0.0))
+    rows.append(("final noise maps (renormalised)", rel([n[None] for n in out["noises"]], final["noises"]), TOL, 0.0))
+    print(f"\n{path.stem}: {'what':<40} {'ours vs official':>16} {'tolerance':>10} {'official f32 gap':>16}")
+    for what, err, tol, gap in rows:
+        print(f"  {what:<40} {err:16.2e} {tol:10.1e} {gap:16.2e}")
+    bad = [f"{what}: {err:.2e} > {tol:.1e} (official float32 gap {gap:.2e})" for what, err, tol, gap in rows
+           if not err <= tol]
     assert not bad, "\n".join(bad)

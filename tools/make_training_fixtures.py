@@ -35,6 +35,26 @@ Phases: d_img, d_seg, r1_img, r1_seg, g, path (gan.UPDATES order). Every group o
 flat float32 vector, its keys in sorted order (meta['layout'] names them with their shapes).
 zero_grad() zeroes gradients as in the torch versions the official code was written for (< 2.0;
 since 2.0 it sets them to None and Adam skips such parameters instead of stepping on zeros).
+
+Stage 2 (STAGE2_CASES, `train_stage2_*.npz`): train_enc.py's `train()` itself, 7 iterations from a
+fresh start with its own Ranger optimisers, clipping and lr window, G_ema capped as above, the
+official FPNEncoder narrowed (`build_fpn`), LPIPS = the official PerceptualLoss with its own v0.1
+VGG head file from the checkout and a VGG16 backbone drawn from a fill manifest (meta['lpips'];
+the tests regenerate it with NumPy). Its sample / validation passes are not run, but their effect
+on training is: they start with encoder.eval() (so from iteration 1 on the encoder's BatchNorm is
+in eval mode, as in every official run; meta['train_mode']). Stored for the compared iterations:
+the batches, G's noise maps per update ('unlabel', 'label'), and after each update the encoder's
+parameters, BatchNorm statistics, the clipped gradient and the optimiser's exp_avg, exp_avg_sq,
+slow_buffer and step; for the iteration before a compared one the state only; meta['steps'] has
+each update's lr and gradient norm before clipping.
+
+Inference (INFER_CASES, `infer_*.npz`): inference.py's __main__ block run on one image (the script
+read with its `device = 'cuda'` line as 'cpu'; its GeneratorSeg / FPNEncoder / PerceptualLoss
+replaced by the case's tiny modules, torchvision's three transforms by small stand-ins), for
+`--step` steps with `--w_plus`; stored: the target, make_noise's maps and per Adam step the
+gradients, the parameters before and after it, exp_avg and exp_avg_sq (w+ and the noise maps
+packed as {'noise_i', 'w'}), the lr and the loss; 'final': w+ and the renormalised noise maps.
+The official float32 run, pinned the same way, gives the float32 gap of each quantity.
 """
 
 from __future__ import annotations
@@ -457,6 +477,536 @@ def make_case(case: dict, tr, seg, out_dir: Path) -> Path:
     return path
 
 
+# ---- stage 2: train_enc.py ---------------------------------------------------------------------
+
+STAGE2_CASES = [
+    # 7 iterations from a fresh start; compared: 0 (train-mode BatchNorm, Ranger's first steps, the
+    # labeled optimiser's slow buffer created, both gradients clipped), 5 (step 6: RAdam's first
+    # adaptive step and the Lookahead sync, lr inside the cosine window) and 6; the state after 4
+    # is stored as the start of 5
+    dict(name="train_stage2_s32_rgb_seg3", size=32, image_mode="RGB", seg_dim=3, cap=4, style_dim=4, n_mlp=2,
+         fpn_div=64, batch=4, iterations=7, compare=[0, 5, 6], seed=21, lpips_seed=22,
+         lr_decay_iter_start=3, lr_decay_iter_end=9),
+]
+# train_enc.py argparse defaults (loss weights, clipping, lr)
+STAGE2_ARGS = dict(lr=0.001, lr_decay=0.00001, lambda_unlabel_mse=1.0, lambda_unlabel_lpips=10.0,
+                   lambda_label_mse=1.0, lambda_label_lpips=10.0, lambda_label_ce=1.0, lambda_label_dice=1.0,
+                   unlabel_grad_clip=2.0, label_grad_clip=5.0)
+STAGE2_LOSSES = ("e_unlabel_mse", "e_unlabel_lpips", "e_unlabel_loss", "e_label_mse", "e_label_lpips",
+                 "e_label_ce", "e_label_dice", "e_label_loss")
+
+
+def build_fpn(enc, case: dict, c_img: int, n_latent: int, cls=None):
+    """The official FPNEncoder, narrow: its module code run with a torch.nn whose Conv2d and
+    BatchNorm2d divide channel counts >= 64 by case['fpn_div'] (the ResNet-50 trunk's 64..2048;
+    the image's 1 or 3 channels stay), the pyramid's feature_dim and ToStyleCode's default widths
+    (512 each) set to case['style_dim']. Same keys and structure as the official module."""
+    import torch
+
+    div = case["fpn_div"]
+
+    def scaled(c):
+        return c // div if c >= 64 else c
+
+    class Conv2d(torch.nn.Conv2d):
+        def __init__(self, in_channels, out_channels, *args, **kwargs):
+            super().__init__(scaled(in_channels), scaled(out_channels), *args, **kwargs)
+
+    class BatchNorm2d(torch.nn.BatchNorm2d):
+        def __init__(self, num_features, *args, **kwargs):
+            super().__init__(scaled(num_features), *args, **kwargs)
+
+    narrow = types.ModuleType("torch.nn")
+    narrow.__dict__.update({k: v for k, v in vars(torch.nn).items() if not k.startswith("__")})
+    narrow.Conv2d, narrow.BatchNorm2d = Conv2d, BatchNorm2d
+
+    def __setattr__(self, name, value):  # the pyramid's feature_dim (512) = the style width
+        torch.nn.Module.__setattr__(self, name, case["style_dim"] if name == "feature_dim" else value)
+
+    saved = enc.nn, enc.ToStyleCode.__init__.__defaults__
+    enc.nn, enc.FPN.__setattr__ = narrow, __setattr__  # FPN's own super(FPN, self) needs the class itself
+    enc.ToStyleCode.__init__.__defaults__ = (case["style_dim"], case["style_dim"])
+    try:
+        return (cls or enc.FPNEncoder)(c_img, n_latent=n_latent)
+    finally:
+        enc.nn, enc.ToStyleCode.__init__.__defaults__ = saved
+        del enc.FPN.__setattr__
+
+
+def lpips_manifest(percept) -> list:
+    """Fill rules of the LPIPS VGG16 backbone (keys of the official PNetLin state dict, net.sliceK.i):
+    uniform(+-2/sqrt(fan_in)) as make_reference_fixtures.fill_spec draws nn.Conv2d."""
+    rows = []
+    for key, t in percept.model.net.state_dict().items():
+        if key.startswith("net."):
+            fan_in = int(np.prod(t.shape[1:])) if t.dim() > 1 else None
+            rows.append([key, list(t.shape), "float32", "uniform", 0.0, 0.0, fan_in])
+    weights = {k[:-len(".weight")]: fan for k, _, _, _, _, _, fan in rows if k.endswith(".weight")}
+    out = []
+    for key, shape, dtype, mode, _, _, _ in rows:
+        bound = 2.0 / math.sqrt(weights[key.rsplit(".", 1)[0]])
+        out.append([key, shape, dtype, mode, -bound, bound])
+    return sorted(out)
+
+
+def build_stage2(seg, enc, lpips_mod, case: dict) -> dict:
+    """The official stage-2 modules of a case: G_ema (eval), the narrow FPN encoder, LPIPS."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from official_code import perceptual_loss
+
+    c_img = 3 if case["image_mode"] == "RGB" else 1
+    Gen = cap_channels(seg.GeneratorSeg, case["cap"])
+    g = Gen(case["size"], case["style_dim"], case["n_mlp"], seg_dim=case["seg_dim"], image_mode=case["image_mode"],
+            channel_multiplier=2)
+    g.eval()
+    e = build_fpn(enc, case, c_img, g.n_latent)
+    percept = perceptual_loss(lpips_mod, "cpu", use_gpu=False)  # heads: the checkout's weights/v0.1/vgg.pth
+    return {"g_ema": g, "e": e, "percept": percept}
+
+
+def bn_buffers(e) -> dict:
+    return {k: b.detach().double().numpy().copy() for k, b in e.named_buffers()
+            if k.endswith(("running_mean", "running_var"))}
+
+
+class Stage2Recorder:
+    """Hooks on train_enc.py's loop: per optimiser step the clipped gradient, the lr, the
+    pre-clipping norm and, after the step, the encoder's parameters and BatchNorm statistics and
+    the optimiser's Ranger state. With `pin` (the float64 run) it measures the distance and loads
+    the float64 state after every step."""
+
+    def __init__(self, e, optims, pin=None):
+        self.e, self.optims, self.pin = e, optims, pin
+        self.it, self.snap, self.losses, self.gap, self.modes = -1, {}, [], {}, []
+        self.draws, self.phase_draws, self.clip_norm = None, {}, None
+
+    def start_iteration(self):
+        self.it += 1
+        self.modes.append(bool(self.e.training))
+
+    def params(self):
+        return {k: p.detach().double().numpy().copy() for k, p in self.e.named_parameters()}
+
+    def before_step(self, name):
+        opt = self.optims[name]
+        self.pending = {"grad": {k: p.grad.detach().double().numpy().copy() for k, p in self.e.named_parameters()},
+                        "lr": float(opt.param_groups[0]["lr"]), "clip_norm": float(self.clip_norm)}
+        self.before_params = self.params()
+
+    def after_step(self, name):
+        import torch
+
+        key = (self.it, name)
+        self.phase_draws[key] = self.draws.pending
+        self.draws.pending = []
+        opt = self.optims[name]
+        names = {id(p): k for k, p in self.e.named_parameters()}
+        snap = dict(self.pending, param=self.params(), buffer=bn_buffers(self.e), exp_avg={}, exp_avg_sq={},
+                    slow_buffer={})
+        for p, st in opt.state.items():
+            for what in ("exp_avg", "exp_avg_sq", "slow_buffer"):
+                snap[what][names[id(p)]] = st[what].detach().double().numpy().copy()
+            snap["step"] = int(st["step"])
+        self.snap[key] = snap
+        if self.pin is None:
+            return
+        ref = self.pin.snap[key]
+        self.gap[key] = {what: rel_gap(snap[what], ref[what])
+                         for what in ("grad", "exp_avg", "exp_avg_sq", "slow_buffer", "buffer")}
+        self.gap[key]["clip_norm"] = abs(snap["clip_norm"] - ref["clip_norm"]) / ref["clip_norm"]
+        before = self.before_params
+        self.gap[key]["update"] = rel_gap({k: snap["param"][k] - before[k] for k in before},
+                                          {k: ref["param"][k] - before[k] for k in before})
+        with torch.no_grad():
+            for k, p in self.e.named_parameters():
+                p.copy_(torch.from_numpy(ref["param"][k]))
+            buffers = dict(self.e.named_buffers())
+            for k, v in ref["buffer"].items():
+                buffers[k].copy_(torch.from_numpy(v))
+            for p, st in opt.state.items():
+                for what in ("exp_avg", "exp_avg_sq", "slow_buffer"):
+                    st[what].copy_(torch.from_numpy(ref[what][names[id(p)]]))
+
+
+def run_stage2(tr, seg, enc, case: dict, state: dict, lpips_state: dict, batches: list, dtype,
+               pin: Stage2Recorder | None = None) -> Stage2Recorder:
+    """train_enc.py's train() for case['iterations'] iterations from `state`, in `dtype`."""
+    import tempfile
+
+    import torch
+
+    torch.set_default_dtype(dtype)
+    nets = build_stage2(seg, enc, tr.lpips, case)
+    g, e, percept = nets["g_ema"].to(dtype), nets["e"].to(dtype), nets["percept"].to(dtype)
+    g.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in state["g_ema"].items()}, strict=True)
+    e.load_state_dict({k: torch.from_numpy(v).to(dtype) if v.dtype == np.float64 else torch.from_numpy(v)
+                       for k, v in state["e"].items()}, strict=True)
+    missing, unexpected = percept.model.net.load_state_dict(
+        {k: torch.from_numpy(v).to(dtype) for k, v in lpips_state.items()}, strict=False)
+    assert not unexpected and all(k.startswith(("lin", "scaling_layer")) for k in missing), (missing, unexpected)
+    args = argparse.Namespace(
+        **STAGE2_ARGS, seg_dim=case["seg_dim"], iter=case["iterations"], start_iter=0, seg_name="celeba-mask",
+        distributed=False, profile_grad_norm=False, no_grad_clip=False, viz_every=10**9, eval_every=10**9,
+        save_every=10**9, n_sample=2, lr_decay_iter_start=case["lr_decay_iter_start"],
+        lr_decay_iter_end=case["lr_decay_iter_end"])
+    optims = {"unlabel": tr.Ranger(e.parameters(), lr=args.lr), "label": tr.Ranger(e.parameters(), lr=args.lr)}
+    rec = Stage2Recorder(e, optims, pin)
+    for name, opt in optims.items():
+        step = opt.step
+        opt.step = lambda step=step, name=name: (rec.before_step(name), step(), rec.after_step(name))[1]
+
+    def images():  # train() reads the unlabeled batch first in every iteration
+        for b in batches:
+            rec.start_iteration()
+            yield {"image": nchw(b["image"])}
+
+    labeled = [{"image": nchw(b["seg_image"]), "mask": nchw(b["seg_mask"])} for b in batches]
+    names = ("clip_grad_norm_", "reduce_loss_dict", "sample_val_viz_imgs", "sample_unlabel_viz_imgs", "validate",
+             "utils")
+    saved = {k: getattr(tr, k) for k in names}
+
+    def clip_grad_norm_(parameters, max_norm):
+        rec.clip_norm = saved["clip_grad_norm_"](parameters, max_norm)
+        return rec.clip_norm
+
+    def reduce_loss_dict(loss_dict):
+        rec.losses.append({k: float(v) for k, v in loss_dict.items()})
+        return saved["reduce_loss_dict"](loss_dict)
+
+    def eval_modes(args, *nets_and_more):  # what the sample / validation passes do to the modules
+        for m in nets_and_more:
+            if isinstance(m, torch.nn.Module):
+                m.eval()
+        return None, None, None
+
+    tr.clip_grad_norm_, tr.reduce_loss_dict = clip_grad_norm_, reduce_loss_dict
+    # sample_val_viz_imgs(args, loader, encoder, generator), sample_unlabel_viz_imgs(args, n, loader,
+    # encoder, generator) and validate(args, encoder, generator, ...) start with encoder.eval() and
+    # generator.eval() (under no_grad; nothing else they do reaches training); the images are not made
+    tr.sample_val_viz_imgs = tr.sample_unlabel_viz_imgs = tr.validate = eval_modes
+    tr.utils = types.SimpleNamespace(save_image=lambda *a, **k: None)
+    torch_save = torch.save
+    torch.save = lambda *a, **k: None
+    writer = types.SimpleNamespace(add_scalar=lambda *a, **k: None, add_scalars=lambda *a, **k: None)
+    try:
+        with tempfile.TemporaryDirectory() as ckpt_dir, \
+                Draws("replay" if pin is not None else "record", pin.draws.all if pin is not None else None) as draws:
+            rec.draws = draws
+            tr.train(args, ckpt_dir, images(), labeled, [], g, percept, e, optims["label"], optims["unlabel"],
+                     "cpu", writer)
+    finally:
+        torch.save = torch_save
+        for k, v in saved.items():
+            setattr(tr, k, v)
+    assert rec.it == case["iterations"] - 1 and len(rec.losses) == case["iterations"], (rec.it, len(rec.losses))
+    return rec
+
+
+def make_stage2_batches(case: dict) -> list[dict]:
+    rng = np.random.default_rng(1000 + case["seed"])
+    s, b, k = case["size"], case["batch"], case["seg_dim"]
+    c_img = 3 if case["image_mode"] == "RGB" else 1
+    out = []
+    for _ in range(case["iterations"]):
+        labels = rng.integers(0, max(k, 2), (b, s, s))
+        onehot = np.eye(max(k, 2))[labels][..., -k:]
+        out.append({"image": rng.uniform(-1, 1, (b, s, s, c_img)), "seg_image": rng.uniform(-1, 1, (b, s, s, c_img)),
+                    "seg_mask": onehot * 2.0 - 1.0})
+    return out
+
+
+def make_stage2_case(case: dict, tr, seg, enc, out_dir: Path) -> Path:
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    nets = build_stage2(seg, enc, tr.lpips, case)
+    meta = {"case": case, "seed": case["seed"], "manifest": {n: manifest_of(nets[n]) for n in ("g_ema", "e")}}
+    state = {k: {kk: vv.astype(np.float64) for kk, vv in v.items()} for k, v in regenerate_state_dicts(meta).items()}
+    lp_meta = {"seed": case["lpips_seed"], "manifest": {"lpips": lpips_manifest(nets["percept"])}}
+    lpips_state = regenerate_state_dicts(lp_meta)["lpips"]
+    heads = {k: v.detach().double().numpy() for k, v in nets["percept"].model.net.state_dict().items()
+             if k.startswith("lin") and not k.startswith("lins.")}  # lins.j: the same tensors again
+    batches = make_stage2_batches(case)
+    ref = run_stage2(tr, seg, enc, case, state, lpips_state, batches, torch.float64)
+    f32 = run_stage2(tr, seg, enc, case, state, lpips_state, batches, torch.float32, pin=ref)
+    torch.set_default_dtype(torch.float32)
+
+    meta["layout"] = {name: [[k, list(v.shape)] for k, v in sorted(sd.items())] for name, sd in state.items()}
+    meta["layout"]["lpips_heads"] = [[k, list(v.shape)] for k, v in sorted(heads.items())]
+    meta["params"] = {"e": sorted(k for k, _ in nets["e"].named_parameters())}
+    meta["buffers"] = {"e": sorted(bn_buffers(nets["e"]))}
+    meta["lpips"] = lp_meta
+    arrays = {f"init/{name}": pack(sd) for name, sd in state.items()}
+    arrays["lpips/heads"] = pack(heads)
+    num_layers = nets["g_ema"].num_layers
+    compare = case["compare"]
+    stored = sorted(set(compare) | {k - 1 for k in compare if k > 0})
+    for it in compare:
+        arrays.update({f"it{it}/batch/{n}": v.astype(np.float32) for n, v in batches[it].items()})
+        for phase in ("unlabel", "label"):
+            draws = ref.phase_draws[(it, phase)]
+            assert [d[0] for d in draws] == ["noise"] * num_layers, [d[0] for d in draws]
+            for i, (_, noise) in enumerate(draws):
+                arrays[f"it{it}/draw/{phase}/noise_{i}"] = noise.transpose(0, 2, 3, 1).astype(np.float32)
+    for it in stored:
+        for phase in ("unlabel", "label"):
+            snap = ref.snap[(it, phase)]
+            whats = ["exp_avg", "exp_avg_sq", "slow_buffer"]
+            if it in compare:
+                whats += ["param", "buffer", "grad"]
+            elif phase == "label":  # the state after the iteration
+                whats += ["param", "buffer"]
+            for what in whats:
+                arrays[f"it{it}/{phase}/{what}"] = pack(snap[what])
+            arrays[f"it{it}/{phase}/step"] = np.int32(snap["step"])
+    meta["steps"] = {f"it{it}/{phase}": {k: ref.snap[(it, phase)][k] for k in ("lr", "clip_norm", "step")}
+                     for it in range(case["iterations"]) for phase in ("unlabel", "label")}
+    meta["train_mode"] = ref.modes
+    meta["losses"] = ref.losses
+    meta["f32_gap"] = {f"it{it}/{phase}": g for (it, phase), g in f32.gap.items()}
+    meta["f32_losses_gap"] = [{k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-30) for k in b}
+                              for a, b in zip(f32.losses, ref.losses)]
+    del meta["manifest"]
+    path = out_dir / f"{case['name']}.npz"
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
+# ---- inference.py ------------------------------------------------------------------------------
+
+INFER_CASES = [
+    # the first 10 optimisation steps of w+ and the noise maps (--step 10: the lr ramps up at step 0
+    # and down over steps 8 and 9), encoder initialisation and consistency term, LPIPS, MSE
+    dict(name="infer_s32_rgb_seg3", size=32, image_mode="RGB", seg_dim=3, cap=4, style_dim=4, n_mlp=2, fpn_div=64,
+         steps=10, seed=31, lpips_seed=32),
+]
+
+
+class InferRecorder:
+    """Hooks on inference.py's loop: per Adam step the gradients, the lr and the parameters before
+    it (the noise maps renormalised after the previous step), and after it Adam's moments and the
+    parameters; the loss given to backward(). With `pin` (the float64 run) it measures the
+    distance and loads the float64 values after every step."""
+
+    def __init__(self, pin=None):
+        self.pin, self.steps, self.losses, self.gap, self.mse_calls = pin, [], [], [], []
+
+    def before(self, opt):
+        ps = opt.param_groups[0]["params"]
+        self.pending = {"lr": float(opt.param_groups[0]["lr"]),
+                        "grad": {f"p{i}": p.grad.detach().double().numpy().copy() for i, p in enumerate(ps)},
+                        "before": {f"p{i}": p.detach().double().numpy().copy() for i, p in enumerate(ps)}}
+
+    def after(self, opt):
+        import torch
+
+        ps = opt.param_groups[0]["params"]
+        snap = dict(self.pending, param={f"p{i}": p.detach().double().numpy().copy() for i, p in enumerate(ps)},
+                    exp_avg={}, exp_avg_sq={})
+        for i, p in enumerate(ps):
+            snap["exp_avg"][f"p{i}"] = opt.state[p]["exp_avg"].detach().double().numpy().copy()
+            snap["exp_avg_sq"][f"p{i}"] = opt.state[p]["exp_avg_sq"].detach().double().numpy().copy()
+            snap["step"] = float(opt.state[p]["step"])
+        k = len(self.steps)
+        self.steps.append(snap)
+        if self.pin is None:
+            return
+        ref = self.pin.steps[k]
+        self.gap.append({what: rel_gap(snap[what], ref[what]) for what in ("grad", "exp_avg", "exp_avg_sq", "before")})
+        self.gap[-1]["update"] = rel_gap({n: snap["param"][n] - snap["before"][n] for n in ref["param"]},
+                                         {n: ref["param"][n] - ref["before"][n] for n in ref["param"]})
+        with torch.no_grad():
+            for i, p in enumerate(ps):
+                p.copy_(torch.from_numpy(ref["param"][f"p{i}"]))
+                opt.state[p]["exp_avg"].copy_(torch.from_numpy(ref["exp_avg"][f"p{i}"]))
+                opt.state[p]["exp_avg_sq"].copy_(torch.from_numpy(ref["exp_avg_sq"][f"p{i}"]))
+
+
+class _Transforms:
+    """The three torchvision transforms inference.py's get_transformation uses (torchvision is not
+    needed here): Compose, ToTensor (uint8 HWC -> CHW in [0, 1], default dtype) and Normalize."""
+
+    class Compose:
+        def __init__(self, ts):
+            self.ts = ts
+
+        def __call__(self, x):
+            for t in self.ts:
+                x = t(x)
+            return x
+
+    class ToTensor:
+        def __call__(self, pic):
+            import torch
+
+            a = np.asarray(pic, dtype=np.float64)
+            a = a[..., None] if a.ndim == 2 else a
+            return torch.from_numpy(a.transpose(2, 0, 1) / 255.0).to(torch.get_default_dtype())
+
+    class Normalize:
+        def __init__(self, mean, std, inplace=False):
+            self.mean, self.std = mean, std
+
+        def __call__(self, t):
+            import torch
+
+            m = torch.tensor(self.mean, dtype=t.dtype)[:, None, None]
+            s = torch.tensor(self.std, dtype=t.dtype)[:, None, None]
+            return (t - m) / s
+
+
+def run_inference(repo: Path, seg, enc, lpips_mod, case: dict, state: dict, lpips_state: dict, image: np.ndarray,
+                  dtype, pin: InferRecorder | None = None) -> tuple[InferRecorder, dict]:
+    """inference.py's __main__ (CPU: its `device = 'cuda'` line read as 'cpu') on one image, with
+    the case's tiny G_ema and encoder in a checkpoint file and this LPIPS; returns the recorder
+    and the script's globals at the end (latent_in, noises, target_img_tensor)."""
+    import runpy
+    import tempfile
+
+    import torch
+    from PIL import Image
+
+    torch.set_default_dtype(dtype)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from official_code import perceptual_loss
+
+    rec = InferRecorder(pin)
+    Gen = cap_channels(seg.GeneratorSeg, case["cap"])
+    c_img = 3 if case["image_mode"] == "RGB" else 1
+    fpn_cls = enc.FPNEncoder
+
+    # the modules' own super(Class, self) calls read their module's name: the originals are put
+    # back while one is built
+    def generator(size, latent, n_mlp, **kw):  # inference.py fixes latent 512 and n_mlp 8
+        seg.GeneratorSeg = saved[0]
+        try:
+            return Gen(size, case["style_dim"], case["n_mlp"], **kw).to(dtype)  # FIR kernels are float32
+        finally:
+            seg.GeneratorSeg = generator
+
+    def fpn_encoder(input_dim, n_latent):
+        enc.FPNEncoder = fpn_cls
+        try:
+            return build_fpn(enc, case, input_dim, n_latent)
+        finally:
+            enc.FPNEncoder = fpn_encoder
+
+    def percept_factory(**kw):
+        lpips_mod.PerceptualLoss = saved[2]
+        try:
+            percept = perceptual_loss(lpips_mod, "cpu", use_gpu=False).to(dtype)
+        finally:
+            lpips_mod.PerceptualLoss = percept_factory
+        percept.model.net.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in lpips_state.items()},
+                                          strict=False)
+        return percept
+
+    class Adam(torch.optim.Adam):
+        def step(self, closure=None):
+            rec.before(self)
+            out = super().step(closure)
+            rec.after(self)
+            return out
+
+    backward = torch.Tensor.backward
+
+    def record_backward(self, *a, **k):
+        rec.losses.append(float(self))
+        return backward(self, *a, **k)
+
+    source = (Path(repo) / "semanticGAN" / "inference.py").read_text()
+    assert source.count("device = 'cuda'") == 1
+    saved = (seg.GeneratorSeg, enc.FPNEncoder, lpips_mod.PerceptualLoss, torch.optim.Adam, sys.argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ckpt = {"g_ema": {k: torch.from_numpy(v).to(dtype) for k, v in state["g_ema"].items()},
+                "e": {k: torch.from_numpy(v).to(dtype) if v.dtype == np.float64 else torch.from_numpy(v)
+                      for k, v in state["e"].items()}}
+        torch.save(ckpt, tmp / "ckpt.pt")
+        (tmp / "img").mkdir()
+        Image.fromarray(image.squeeze(-1) if c_img == 1 else image).save(tmp / "img" / "target.png")
+        script = tmp / "inference.py"
+        script.write_text(source.replace("device = 'cuda'", "device = 'cpu'"))
+        sys.argv = ["inference.py", "--ckpt", str(tmp / "ckpt.pt"), "--img_dir", str(tmp / "img"), "--outdir",
+                    str(tmp / "out"), "--size", str(case["size"]), "--seg_dim", str(case["seg_dim"]),
+                    "--image_mode", case["image_mode"], "--step", str(case["steps"]), "--w_plus"]
+        seg.GeneratorSeg, enc.FPNEncoder, lpips_mod.PerceptualLoss = generator, fpn_encoder, percept_factory
+        torch.optim.Adam, torch.Tensor.backward = Adam, record_backward
+        stub_tv = types.ModuleType("torchvision")
+        stub_tv.transforms = _Transforms
+        try:
+            with Draws("replay" if pin is not None else "record", pin.draws.all if pin is not None else None) as draws:
+                rec.draws = draws
+                with _patched_modules({"torchvision": stub_tv, "torchvision.transforms": _Transforms}):
+                    scope = runpy.run_path(str(script), run_name="__main__")
+        finally:
+            seg.GeneratorSeg, enc.FPNEncoder, lpips_mod.PerceptualLoss, torch.optim.Adam, sys.argv = saved
+            torch.Tensor.backward = backward
+    assert len(rec.steps) == case["steps"], len(rec.steps)
+    return rec, scope
+
+
+def _patched_modules(replacements):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from official_code import patched_modules
+
+    return patched_modules(replacements)
+
+
+def make_infer_case(case: dict, repo: Path, seg, enc, lpips_mod, out_dir: Path) -> Path:
+    import torch
+
+    torch.set_default_dtype(torch.float64)
+    nets = build_stage2(seg, enc, lpips_mod, case)
+    for net in (nets["g_ema"], nets["e"]):
+        net.eval()
+    meta = {"case": case, "seed": case["seed"], "manifest": {n: manifest_of(nets[n]) for n in ("g_ema", "e")}}
+    state = {k: {kk: vv.astype(np.float64) for kk, vv in v.items()} for k, v in regenerate_state_dicts(meta).items()}
+    lp_meta = {"seed": case["lpips_seed"], "manifest": {"lpips": lpips_manifest(nets["percept"])}}
+    lpips_state = regenerate_state_dicts(lp_meta)["lpips"]
+    heads = {k: v.detach().double().numpy() for k, v in nets["percept"].model.net.state_dict().items()
+             if k.startswith("lin") and not k.startswith("lins.")}
+    c_img = 3 if case["image_mode"] == "RGB" else 1
+    image = np.random.default_rng(1000 + case["seed"]).integers(0, 256, (case["size"], case["size"], c_img),
+                                                                 dtype=np.uint8)
+    ref, scope = run_inference(repo, seg, enc, lpips_mod, case, state, lpips_state, image, torch.float64)
+    f32, _ = run_inference(repo, seg, enc, lpips_mod, case, state, lpips_state, image, torch.float32, pin=ref)
+    torch.set_default_dtype(torch.float32)
+
+    # the script's draws: the modules' initial weights (torch.randn, then replaced by the checkpoint's),
+    # then g_ema.make_noise()'s maps, the last draws of the run
+    n_noise = len(scope["noises"])
+    draws = ref.draws.all[-n_noise:]
+    assert all(kind == "z" and v.shape == tuple(n.shape) for (kind, v), n in zip(draws, scope["noises"]))
+    meta["layout"] = {name: [[k, list(v.shape)] for k, v in sorted(sd.items())] for name, sd in state.items()}
+    meta["layout"]["lpips_heads"] = [[k, list(v.shape)] for k, v in sorted(heads.items())]
+    meta["lpips"] = lp_meta
+    arrays = {f"init/{name}": pack(sd) for name, sd in state.items()}
+    arrays["lpips/heads"] = pack(heads)
+    arrays["target"] = nhwc(scope["target_img_tensor"]).astype(np.float32)
+    arrays["target_png"] = image
+    for i, (_, noise) in enumerate(draws):
+        arrays[f"draw/noise_{i}"] = noise.transpose(0, 2, 3, 1).astype(np.float32)
+
+    def layout(d):  # p0 = w+ (1, n_latent, style_dim), p1.. = noise_0.. in NHWC
+        return {"w": d["p0"], **{f"noise_{i}": d[f"p{i + 1}"].transpose(0, 2, 3, 1) for i in range(n_noise)}}
+
+    for what in ("grad", "before", "param", "exp_avg", "exp_avg_sq"):
+        arrays[f"steps/{what}"] = np.stack([pack(layout(s[what])) for s in ref.steps])
+    arrays["final"] = pack(layout({"p0": scope["latent_in"].detach().double().numpy(),
+                                   **{f"p{i + 1}": n.detach().double().numpy() for i, n in enumerate(scope["noises"])}}))
+    meta["param_layout"] = [[k, list(v.shape)] for k, v in sorted(layout(ref.steps[0]["param"]).items())]
+    meta["lr"] = [s["lr"] for s in ref.steps]
+    meta["adam_step"] = [s["step"] for s in ref.steps]
+    meta["losses"] = ref.losses
+    meta["f32_gap"] = f32.gap
+    meta["f32_losses_gap"] = [abs(a - b) / max(abs(b), 1e-30) for a, b in zip(f32.losses, ref.losses)]
+    del meta["manifest"]
+    path = out_dir / f"{case['name']}.npz"
+    np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
+    return path
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("reference", type=Path, help="local checkout of nv-tlabs/semanticGAN_code")
@@ -466,9 +1016,27 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from official_code import import_official
 
-    seg, _ = import_reference(args.reference.resolve())
-    tr = import_official(args.reference.resolve(), ["semanticGAN.train_seg_gan"])["semanticGAN.train_seg_gan"]
+    seg, enc = import_reference(args.reference.resolve())
+    official = import_official(args.reference.resolve(), ["semanticGAN.train_seg_gan", "semanticGAN.train_enc"])
+    tr = official["semanticGAN.train_seg_gan"]
     args.out.mkdir(parents=True, exist_ok=True)
+    for case in INFER_CASES:
+        if args.only and case["name"] not in args.only:
+            continue
+        tr_enc = official["semanticGAN.train_enc"]
+        path = make_infer_case(case, args.reference.resolve(), seg, enc, tr_enc.lpips, args.out)
+        meta = json.loads(str(np.load(path)["meta"]))
+        worst = max(v for g in meta["f32_gap"] for v in g.values())
+        print(f"{path} ({path.stat().st_size / 1024:.0f} KiB); lr per step {meta['lr']}; "
+              f"official float32 vs float64, pinned, worst step quantity: {worst:.2e}")
+    for case in STAGE2_CASES:
+        if args.only and case["name"] not in args.only:
+            continue
+        path = make_stage2_case(case, official["semanticGAN.train_enc"], seg, enc, args.out)
+        meta = json.loads(str(np.load(path)["meta"]))
+        worst = max(v for g in meta["f32_gap"].values() for v in g.values())
+        print(f"{path} ({path.stat().st_size / 1024:.0f} KiB); train mode per iteration {meta['train_mode']}; "
+              f"official float32 vs float64, pinned, worst step quantity: {worst:.2e}")
     for case in CASES:
         if args.only and case["name"] not in args.only:
             continue

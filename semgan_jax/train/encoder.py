@@ -14,7 +14,9 @@ Both optimisers (Ranger by default, each with the reference's cosine lr window) 
 encoder weights and keep their own moments and Lookahead slow weights; the labeled optimiser's
 slow weights start from the weights at its first step, as Ranger's lazily created buffer does.
 The FPN encoder runs in train mode (BatchNorm batch statistics, running averages updated by
-both forwards).
+both forwards). `train.bn_eval_after_first` reproduces the reference instead, whose sample pass
+at iteration 0 leaves the encoder in eval mode for the rest of the run (docs/architecture.md):
+from the second iteration on BatchNorm normalises with its running statistics, which then stay.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class EncoderHParams:
     lambda_label_lpips: float
     lambda_label_ce: float
     lambda_label_dice: float
+    bn_eval_after_first: bool = False   # the reference's eval-mode BatchNorm from iteration 1 on
 
 
 def default_config():
@@ -95,6 +98,10 @@ def default_config():
         unlabel_grad_clip=2.0, label_grad_clip=5.0,  # 0 = no clipping (--no_grad_clip)
         lambda_unlabel_mse=1.0, lambda_unlabel_lpips=10.0, lambda_label_mse=1.0, lambda_label_lpips=10.0,
         lambda_label_ce=1.0, lambda_label_dice=1.0, mesh_data=-1,
+        # True: BatchNorm in eval mode (running statistics, frozen) from the second iteration on, as
+        # train_enc.py runs (its iteration-0 sample pass calls encoder.eval() and nothing calls
+        # train() again); False: batch statistics throughout, as its code reads (docs/architecture.md)
+        bn_eval_after_first=False,
         on_nonfinite="stop"))       # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
     c.lpips = ml_collections.ConfigDict(dict(
         net="vgg",                  # the reference's PerceptualLoss(net='vgg')
@@ -131,7 +138,10 @@ def build_models(gan_model_cfg, config, lpips_module=None) -> EncoderModels:
 
 
 def hparams_from_config(train_cfg) -> EncoderHParams:
-    return EncoderHParams(**{f.name: train_cfg[f.name] for f in dataclasses.fields(EncoderHParams)})
+    """EncoderHParams from the config's train section (fields with a default may be absent, as in
+    the configs of runs written before they existed)."""
+    return EncoderHParams(**{f.name: train_cfg[f.name] if f.default is dataclasses.MISSING
+                             else train_cfg.get(f.name, f.default) for f in dataclasses.fields(EncoderHParams)})
 
 
 def _opt_params(models, params, slow):
@@ -165,8 +175,10 @@ def encode(models: EncoderModels, params, batch_stats, x, train: bool):
     return models.e.apply(variables, x, train=False), batch_stats
 
 
-def reconstruct(models: EncoderModels, g_params, w_plus, key):
-    """G(w+) with fresh noise: (image, seg logits)."""
+def reconstruct(models: EncoderModels, g_params, w_plus, key, noise=None):
+    """G(w+) with fresh noise drawn from `key` (or the given per-layer maps): (image, seg logits)."""
+    if noise is not None:
+        return models.g.apply({"params": g_params}, w_plus, input_is_latent=True, noise=noise)
     return models.g.apply({"params": g_params}, w_plus, input_is_latent=True, rngs={"noise": key})
 
 
@@ -194,15 +206,37 @@ def _update(models, tx, grads, opt_state, params, slow, loss):
     return (new.fast, new.slow, opt_state, ok) if models.ranger else (new, slow, opt_state, ok)
 
 
-def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, frozen: dict, batch: dict):
+def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, frozen: dict, batch: dict,
+               draws=None, pin=None):
     """One stage-2 iteration. frozen: {'g': G_ema params, 'lpips': LPIPS params or None}.
     batch: 'image' (B, H, W, C) unlabeled; 'seg_image' (B, H, W, C) and 'seg_mask'
-    (B, H, W, seg_dim) one-hot in [-1, 1]. Returns (new state, metrics)."""
+    (B, H, W, seg_dim) one-hot in [-1, 1]. Returns (new state, metrics).
+
+    For tests against the reference (tests/test_training_parity.py; None in production, where
+    the program is the same as without them):
+    draws: recorded random draws replacing the key's, {'unlabel' | 'label': {'noise': G's
+        per-layer noise maps}};
+    pin: f(update, values) -> values, called after each update (UPDATES names) with (params,
+        batch_stats, slow weights of that optimiser, its state, the unclipped gradient); the
+        iteration continues from what it returns (the gradient returned is ignored)."""
     key, k_u, k_l = jax.random.split(state.key, 3)
 
+    def _pin(update, *values):
+        return values[:4] if pin is None else tuple(pin(update, values))[:4]
+
+    def noise(phase):
+        return None if draws is None else draws[phase]["noise"]
+
+    def encode_train(params, stats, x):
+        """E(x) in train mode, or (bn_eval_after_first, after the first iteration) in eval mode."""
+        if not hp.bn_eval_after_first:
+            return encode(models, params, stats, x, train=True)
+        return jax.lax.cond(state.step == 0, lambda: encode(models, params, stats, x, train=True),
+                            lambda: encode(models, params, stats, x, train=False))
+
     def unlabel_loss(params, stats):
-        w, stats = encode(models, params, stats, batch["image"], train=True)
-        fake_img, _ = reconstruct(models, frozen["g"], w, k_u)
+        w, stats = encode_train(params, stats, batch["image"])
+        fake_img, _ = reconstruct(models, frozen["g"], w, k_u, noise("unlabel"))
         mse = jnp.mean(jnp.square(fake_img - batch["image"]))
         lp = perceptual(models, frozen["lpips"], fake_img, batch["image"])
         total = hp.lambda_unlabel_mse * mse + hp.lambda_unlabel_lpips * lp
@@ -212,6 +246,7 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
     params, slow_u, opt_u, ok_u = _update(models, models.tx_unlabel, grads, state.opt_unlabel, state.params,
                                           state.slow_unlabel, loss)
     stats = guard.keep_if(ok_u, stats, state.batch_stats)
+    params, stats, slow_u, opt_u = _pin(UPDATES[0], params, stats, slow_u, opt_u, grads)
 
     # Ranger creates the labeled optimiser's slow buffer at its first step, from the weights then
     slow_l = state.slow_label
@@ -220,8 +255,8 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
         slow_l = jax.tree.map(lambda p, s: jnp.where(first, p, s), params, slow_l)
 
     def label_loss(params, stats):
-        w, stats = encode(models, params, stats, batch["seg_image"], train=True)
-        fake_img, fake_seg = reconstruct(models, frozen["g"], w, k_l)
+        w, stats = encode_train(params, stats, batch["seg_image"])
+        fake_img, fake_seg = reconstruct(models, frozen["g"], w, k_l, noise("label"))
         ce, dice = segmentation_losses(fake_seg.astype(jnp.float32), batch["seg_mask"])
         mse = jnp.mean(jnp.square(fake_img - batch["seg_image"]))
         lp = perceptual(models, frozen["lpips"], fake_img, batch["seg_image"])
@@ -233,6 +268,7 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
     (loss, (new_stats, m_l)), grads = jax.value_and_grad(label_loss, has_aux=True)(params, stats)
     params, slow_l, opt_l, ok_l = _update(models, models.tx_label, grads, state.opt_label, params, slow_l, loss)
     stats = guard.keep_if(ok_l, new_stats, stats)
+    params, stats, slow_l, opt_l = _pin(UPDATES[1], params, stats, slow_l, opt_l, grads)
 
     health = guard.record(state.health, state.step, (ok_u, ok_l))
     new_state = state.replace(step=state.step + 1, key=key, params=params, batch_stats=stats, slow_unlabel=slow_u,
