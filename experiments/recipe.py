@@ -5,8 +5,9 @@ scored with the oracle metrics (semgan_jax/oracle.py).
     python experiments/recipe.py --data-dir runs/data --minutes 4 --seeds 0,1   # equal training time
     python experiments/recipe.py --data-dir runs/data --report-only            # table from the runs
 
-Each variant changes one thing against the base (`--config.FIELD=VALUE` overrides of the config
-file) and trains on `--images` real images (iterations = images / batch), or, with `--minutes`,
+Each variant is a list of `--config.FIELD=VALUE` overrides of the config file (VARIANTS: the
+measured ones change one or two things against the previous config, PREVIOUS; the rest change
+one thing against the committed one, `base`) and trains on `--images` real images (iterations = images / batch), or, with `--minutes`,
 for that much training time (`log.max_minutes`: compiling and evaluation are not counted; only
 meaningful on a machine that does nothing else), with `eval.oracle` every `--eval-every`
 iterations and at the end. The table
@@ -29,20 +30,45 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "experiments/synthetic_32.py"
 
-# name -> (what it tests, overrides). The base is the config file as committed.
+# The config before this recipe was chosen (64 channels, batch 16, lr 0.002, path length 2): the
+# runs of docs/learning.md's table changed one or two things against it. Later overrides win.
+PREVIOUS = ["model.channel_max=64", "model.dm_max_channels=64", "train.batch_size=16", "train.lr=0.002",
+            "train.path_regularize=2.0"]
+W32_B8 = ["model.channel_max=32", "model.dm_max_channels=32", "train.batch_size=8"]
+
+# name -> (what it tests, overrides of the config file as committed)
 VARIANTS = {
-    "base": ("experiments/synthetic_32.py as committed", []),
-    "ema_reference": ("EMA without ramp-up (the reference)", ["train.ema_rampup=0.0"]),
-    "r1_10": ("R1 gamma 10 (the reference's 256-px value)", ["train.r1=10.0"]),
-    "r1_scaled": ("R1 gamma 0.0002 res^2 / batch = 0.0128 (StyleGAN2-ADA heuristic)", ["train.r1=0.0128"]),
-    "r1_1": ("R1 gamma 1", ["train.r1=1.0"]),
-    "no_path_length": ("no path-length regulariser", ["train.path_regularize=0.0"]),
-    "lr_0.004": ("lr 0.004 (double)", ["train.lr=0.004"]),
-    "lr_0.001": ("lr 0.001 (half)", ["train.lr=0.001"]),
-    "no_mixing": ("no style mixing", ["train.mixing=0.0"]),
-    "mapping_8": ("8 mapping layers (the reference's depth)", ["model.n_mlp=8"]),
-    "mapping_2": ("2 mapping layers", ["model.n_mlp=2"]),
-    "batch_8": ("batch 8 (twice the iterations for the same images)", ["train.batch_size=8"]),
+    "base": ("experiments/synthetic_32.py as committed (32 channels, batch 8, lr 0.004, no path length)", []),
+    # measured (docs/learning.md), against the previous config
+    "previous": ("the previous synthetic_32.py: 64 channels, batch 16, lr 0.002, path length 2", PREVIOUS),
+    "ema_reference": ("previous, EMA without ramp-up (the reference)", [*PREVIOUS, "train.ema_rampup=0.0"]),
+    "r1_scaled": ("previous, R1 gamma 0.0002 res^2 / batch = 0.0128 on both (StyleGAN2-ADA's heuristic)",
+                  [*PREVIOUS, "train.r1=0.0128"]),
+    "r1_dm_only": ("previous, R1 on Dm only, as the official code runs (its R1 never reaches Dr)",
+                   [*PREVIOUS, "train.r1_img_zero_grad=True"]),
+    "lr_0.004": ("previous, lr 0.004", [*PREVIOUS, "train.lr=0.004"]),
+    "batch_8": ("previous, batch 8 (twice the iterations for the same images)", [*PREVIOUS, "train.batch_size=8"]),
+    "width_32": ("previous, channels capped at 32 (G, Dr, Dm)",
+                 [*PREVIOUS, "model.channel_max=32", "model.dm_max_channels=32"]),
+    "w32_b8": ("previous, 32 channels, batch 8", [*PREVIOUS, *W32_B8]),
+    "w32_b8_lr4": ("previous, 32 channels, batch 8, lr 0.004", [*PREVIOUS, *W32_B8, "train.lr=0.004"]),
+    "w32_b8_aug": ("previous, 32 channels, batch 8, DiffAugment translation + cutout on Dm",
+                   [*PREVIOUS, *W32_B8, "train.augment_dm=translation,cutout"]),
+    "w32_b8_r1dm": ("previous, 32 channels, batch 8, R1 on Dm only (as the official code runs)",
+                    [*PREVIOUS, *W32_B8, "train.r1_img_zero_grad=True"]),
+    "w32_b8_lr4_r1dr": ("previous, 32 channels, batch 8, lr 0.004, Dr's R1 0.025 (ADA's 0.0002 res^2 / batch)",
+                        [*PREVIOUS, *W32_B8, "train.lr=0.004", "train.r1_dr=0.025"]),
+    "w32_b8_lr4_no_pl": ("previous, 32 channels, batch 8, lr 0.004, no path length (= base)",
+                         [*PREVIOUS, *W32_B8, "train.lr=0.004", "train.path_regularize=0.0"]),
+    # not yet measured, against the base
+    "path_length": ("base with the reference's path-length regulariser (2, every 4th iteration)",
+                    ["train.path_regularize=2.0"]),
+    "r1_dr_0": ("base, no R1 on Dr (Dm keeps 10)", ["train.r1_dr=0.0"]),
+    "no_mixing": ("base, no style mixing", ["train.mixing=0.0"]),
+    "mapping_8": ("base, 8 mapping layers (the reference's depth)", ["model.n_mlp=8"]),
+    "mapping_2": ("base, 2 mapping layers", ["model.n_mlp=2"]),
+    "augment_both": ("base, DiffAugment translation on Dr's and translation + cutout on Dm's inputs",
+                     ["train.augment_dr=translation", "train.augment_dm=translation,cutout"]),
 }
 
 
@@ -55,7 +81,8 @@ def run_variant(name: str, seed: int, args) -> Path:
     if args.minutes:
         overrides += [f"log.max_minutes={args.minutes}", "train.iterations=100000"]
     else:
-        batch = next((int(o.split("=")[1]) for o in VARIANTS[name][1] if o.startswith("train.batch_size=")), 16)
+        batch = next((int(o.split("=")[1]) for o in reversed(VARIANTS[name][1]) if o.startswith("train.batch_size=")),
+                     8)
         overrides.append(f"train.iterations={args.images // batch}")
     cmd = [sys.executable, "-m", "semgan_jax.cli", "train-gan", "--config", CONFIG, "--workdir", str(out),
            *(f"--config.{o}" for o in overrides)]

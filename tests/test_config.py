@@ -18,7 +18,7 @@ def test_celebamask_256_has_the_reference_defaults():
 
 def test_synthetic_32_is_narrow():
     c = load_config_file(REPO / "experiments" / "synthetic_32.py")
-    assert (c.data.name, c.model.size, c.model.seg_dim, c.model.channel_max) == ("synthetic", 32, 6, 64)
+    assert (c.data.name, c.model.size, c.model.seg_dim, c.model.channel_max) == ("synthetic", 32, 6, 32)
 
 
 def test_overrides_coerce_to_the_field_type():
