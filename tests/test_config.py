@@ -60,7 +60,9 @@ def test_stage1_configs_fit_their_datasets(name):
 
     c = load_config_file(REPO / "experiments" / f"{name}.py")
     check_model_against_data(c.model, c.data)
-    assert load_config_file(REPO / "experiments" / f"{name}_encoder.py").train.batch_size == c.train.batch_size
+    encoder = load_config_file(REPO / "experiments" / f"{name}_encoder.py")
+    if name != "synthetic_32":  # the reference trains both stages at one batch; the small recipe
+        assert encoder.train.batch_size == c.train.batch_size  # runs stage 1 at 8 (docs/learning.md)
     unet = load_config_file(REPO / "experiments" / f"{name}_unet.py")
     assert (unet.data.name, unet.data.resolution) == (c.data.name, c.data.resolution)
     assert c.data.name in {"synthetic", "celebamask_hq"} or get_dataset_info(c.data.name).ood_splits

@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 # 64 px is where channel_multiplier changes widths; its networks take longest to compile
 SLOW = {"stage1_s64_rgb_seg1_cm1"}
-# the network fixtures (train_*.npz are test_training_parity.py's, tools/make_training_fixtures.py)
-NETWORK_FIXTURES = [p for p in sorted(FIXTURES.glob("*.npz")) if not p.stem.startswith("train_")]
+# the network fixtures (train_*.npz and infer_*.npz are test_training_parity.py's,
+# tools/make_training_fixtures.py)
+NETWORK_FIXTURES = [p for p in sorted(FIXTURES.glob("*.npz")) if not p.stem.startswith(("train_", "infer_"))]
 CASES = [pytest.param(p.stem, marks=[pytest.mark.slow] if p.stem in SLOW else []) for p in NETWORK_FIXTURES]
 NAMES = [p.stem for p in NETWORK_FIXTURES]
 TOL = 1e-4  # max abs difference against the official outputs (issue 7), for every output
