@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 # Tests run in parallel on all cores; set PYTEST_ARGS to pass more (e.g. -m "not slow").
 PYTEST_ARGS ?= -m "not slow"
 
-# The demo: the whole pipeline on the built-in synthetic faces at 32 px, about 15 minutes on a
+# The demo: the whole pipeline on the built-in synthetic faces at 32 px, about 11 minutes (plus the install) on a
 # 2-core CPU: stage 1 (GAN), stage 2 (encoder), then segmentation by inversion of held-out
 # in-domain (test) and out-of-domain (test_ood) images, scored and shown in PNG grids. The
 # minutes are training time (compiling is not counted); the oracle metrics are off here (the
