@@ -702,19 +702,6 @@ def run_stage2(tr, seg, enc, case: dict, state: dict, lpips_state: dict, batches
     return rec
 
 
-def make_stage2_batches(case: dict) -> list[dict]:
-    rng = np.random.default_rng(1000 + case["seed"])
-    s, b, k = case["size"], case["batch"], case["seg_dim"]
-    c_img = 3 if case["image_mode"] == "RGB" else 1
-    out = []
-    for _ in range(case["iterations"]):
-        labels = rng.integers(0, max(k, 2), (b, s, s))
-        onehot = np.eye(max(k, 2))[labels][..., -k:]
-        out.append({"image": rng.uniform(-1, 1, (b, s, s, c_img)), "seg_image": rng.uniform(-1, 1, (b, s, s, c_img)),
-                    "seg_mask": onehot * 2.0 - 1.0})
-    return out
-
-
 def make_stage2_case(case: dict, tr, seg, enc, out_dir: Path) -> Path:
     import torch
 
@@ -726,7 +713,7 @@ def make_stage2_case(case: dict, tr, seg, enc, out_dir: Path) -> Path:
     lpips_state = regenerate_state_dicts(lp_meta)["lpips"]
     heads = {k: v.detach().double().numpy() for k, v in nets["percept"].model.net.state_dict().items()
              if k.startswith("lin") and not k.startswith("lins.")}  # lins.j: the same tensors again
-    batches = make_stage2_batches(case)
+    batches = make_batches(case)
     ref = run_stage2(tr, seg, enc, case, state, lpips_state, batches, torch.float64)
     f32 = run_stage2(tr, seg, enc, case, state, lpips_state, batches, torch.float32, pin=ref)
     torch.set_default_dtype(torch.float32)
