@@ -40,10 +40,9 @@ import jax.numpy as jnp
 import optax
 
 from semgan_jax import losses
-from semgan_jax.train import augment
 from semgan_jax.models.discriminator import ImageDiscriminator, MaskDiscriminator
 from semgan_jax.models.generator import Generator, init_generator
-from semgan_jax.train import guard
+from semgan_jax.train import augment, guard
 from semgan_jax.train.state import ema_decay_at, ema_update, lazy_adam
 
 
@@ -269,6 +268,11 @@ def dm_r1(params, spectral, models: GANModels, real_seg_in, aug):
     return losses.r1_penalty(d_fn, real_seg_in, has_aux=True)
 
 
+def r1_scaled(grads, r1: float, d_reg_every: int):
+    """An R1 gradient weighted as the reference's lazy regulariser: r1 / 2 * d_reg_every."""
+    return jax.tree.map(lambda g: g * (r1 / 2 * d_reg_every), grads)
+
+
 def dm_generator_loss(d_seg, spectral, models: GANModels, fake_img, fake_seg, real_seg_in, aug, lambda_feat: float):
     """G's Dm terms: hinge on (detached image, mask) and 1/3-weighted feature matching against the
     real pairs' features: (adversarial, feature matching, new spectral state). Dm's loss reaches
@@ -353,21 +357,20 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         d_img, d_img_opt, d_seg, d_seg_opt, spectral, last = args
         r1_dr, r1_dm = hp.r1_weights
 
-        def scaled(grads, r1):
-            return jax.tree.map(lambda g: g * (r1 / 2 * hp.d_reg_every), grads)
-
         def r1_img(p):
             return losses.r1_penalty(lambda x: models.d_img_r1.apply({"params": p}, aug_dr(2, x)), real_img)
 
         r1_i, grads = jax.value_and_grad(r1_img)(d_img)
         if hp.r1_img_zero_grad:  # as the official loop: no R1 gradient reaches Dr, Adam steps on zeros
             grads = jax.tree.map(jnp.zeros_like, grads)
-        d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, scaled(grads, r1_dr), d_img_opt, d_img, r1_i)
+        d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, r1_scaled(grads, r1_dr, hp.d_reg_every),
+                                                     d_img_opt, d_img, r1_i)
         d_img, d_img_opt = _pin("Dr R1", d_img, d_img_opt)
 
         (r1_s, spectral), grads = jax.value_and_grad(dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
                                                                         aug_dm)
-        d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, scaled(grads, r1_dm), d_seg_opt, d_seg, r1_s)
+        d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, r1_scaled(grads, r1_dm, hp.d_reg_every),
+                                                     d_seg_opt, d_seg, r1_s)
         d_seg, d_seg_opt, spectral = _pin("Dm R1", d_seg, d_seg_opt, spectral)
         return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}, ok_i, ok_s
 

@@ -111,7 +111,7 @@ def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, b
     if d_reg:
         (r1, spectral), grads = jax.value_and_grad(gan.dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
                                                                             aug_dm)
-        grads = jax.tree.map(lambda g: g * (hp.r1 / 2 * hp.d_reg_every), grads)
+        grads = gan.r1_scaled(grads, hp.r1_weights[1], hp.d_reg_every)
         d_seg, d_seg_opt, ok_r1 = guard.apply_updates(models.d_seg_tx, grads, d_seg_opt, d_seg, r1)
         last_reg = {**last_reg, "r1_seg": r1}
 
