@@ -168,10 +168,12 @@ def jit_invert(inv: Inverter, cfg: InvertConfig):
     return jax.jit(lambda v, xs, k: invert(inv, v, cfg, xs, k), compiler_options=compiler_options(jax.default_backend()))
 
 
-def load_inverter(workdir, use_lpips: str = "auto"):
+def load_inverter(workdir, use_lpips: str = "auto", perceptual_net: str | None = None):
     """(Inverter, variables, stage-1 config) from a stage-2 workdir (E + its stage-1 G), or from a
-    stage-1 workdir (G only: for `mean_init`). use_lpips: 'on' (missing weights are an error),
-    'off', or 'auto' (on when the weight files are found)."""
+    stage-1 workdir (G only: for `mean_init`). The perceptual term is the stage-2 config's
+    `lpips.net` unless `perceptual_net` names another (LPIPS 'vgg' / 'alex', or 'dr': the stage-1
+    Dr, which needs no files). use_lpips: 'on' (missing weights are an error), 'off', or 'auto'
+    (on when the weight files are found)."""
     import json
     from pathlib import Path
 
@@ -186,23 +188,25 @@ def load_inverter(workdir, use_lpips: str = "auto"):
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --checkpoint must be a train-encoder (or train-gan) workdir")
     cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+    stage1_dir = cfg.stage1 if "stage1" in cfg else workdir
+    s1, gm, s1_state = stage2.load_stage1(stage1_dir)
     if "stage1" in cfg:
-        s1, g, g_ema, _ = stage2.load_generator(cfg.stage1)
         models = stage2.build_models(s1.model, cfg)
         state, _ = restore_latest(workdir / "checkpoints", lambda: stage2.init_state(models, jax.random.PRNGKey(0)),
                                   replicated(make_mesh(1)), "stage-2 checkpoint")
         e_vars = stage2.encoder_variables(state.params, state.batch_stats)
         e, lpips_cfg = models.e, cfg.lpips
     else:
-        s1, g, g_ema, _ = stage2.load_generator(workdir)
         e, e_vars, lpips_cfg = None, None, stage2.default_config().lpips
+    if perceptual_net:
+        lpips_cfg = ml_collections.ConfigDict({**lpips_cfg.to_dict(), "net": perceptual_net})
+    g, g_ema = gm.g, s1_state.g_ema
     lpips_module, lpips_params = None, None
     if use_lpips != "off":
-        from semgan_jax.perceptual.convert import WeightsNotFoundError, load_lpips
+        from semgan_jax.perceptual.convert import WeightsNotFoundError
 
         try:
-            lpips_module, lp = load_lpips(lpips_cfg.net, lpips_cfg.backbone or None, lpips_cfg.heads or None)
-            lpips_params = lp["params"]
+            lpips_module, lpips_params = stage2.load_perceptual(lpips_cfg, gm, s1_state)
         except (WeightsNotFoundError, ImportError):
             if use_lpips == "on":
                 raise

@@ -46,12 +46,13 @@ def expand_inputs(paths: list[str]) -> list[Path]:
 class BatchedInverter:
     """Jitted, vmapped inversion of fixed-size batches (the last one padded)."""
 
-    def __init__(self, checkpoint: str, cfg, use_lpips: str = "auto", batch_size: int = 8, seed: int = 0):
+    def __init__(self, checkpoint: str, cfg, use_lpips: str = "auto", batch_size: int = 8, seed: int = 0,
+                 perceptual_net: str | None = None):
         import jax
 
         from semgan_jax import infer
 
-        self.inv, self.variables, self.stage1 = infer.load_inverter(checkpoint, use_lpips)
+        self.inv, self.variables, self.stage1 = infer.load_inverter(checkpoint, use_lpips, perceptual_net)
         if cfg.lambda_encoder is None:  # the default: depends on whether the perceptual term is on
             cfg = dataclasses.replace(cfg, lambda_encoder=infer.encoder_weight(None, self.inv.lpips is not None))
             if self.inv.lpips is None and not cfg.mean_init:
@@ -102,6 +103,9 @@ def _add_inversion_args(p) -> None:
     p.add_argument("--no-noises", action="store_true", help="do not optimise the noise maps")
     p.add_argument("--lpips", choices=("auto", "on", "off"), default="auto",
                    help="perceptual term: auto = on when the weight files are found")
+    p.add_argument("--perceptual-net", choices=("vgg", "alex", "dr"), default=None,
+                   help="its feature net (default: the stage-2 config's lpips.net); dr = the stage-1 run's "
+                        "discriminator, which needs no weight files (perceptual/dr_distance.py)")
     p.add_argument("--batch", type=int, default=8, help="images inverted together (vmap)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -112,7 +116,8 @@ def _open_inverter(args) -> BatchedInverter | None:
     from semgan_jax.data.common import printable
 
     try:
-        return BatchedInverter(args.checkpoint, _invert_config(args), args.lpips, args.batch, args.seed)
+        return BatchedInverter(args.checkpoint, _invert_config(args), args.lpips, args.batch, args.seed,
+                               args.perceptual_net)
     except (FileNotFoundError, ValueError) as err:
         print(printable(f"error: {err}"), file=sys.stderr)
         return None
@@ -320,7 +325,8 @@ def run_evaluate(args) -> int:
         where, info, total, load = (_folder_examples(inverter, args.images, args.masks) if args.images
                                     else _split_examples(inverter, args.dataset, args.split, args.data_dir))
         settings = {"checkpoint": str(args.checkpoint), "source": where, "batch": args.batch, "seed": args.seed,
-                    "lpips": args.lpips, "invert": dataclasses.asdict(inverter.cfg)}
+                    "lpips": args.lpips,
+                    **({"perceptual_net": args.perceptual_net} if args.perceptual_net else {}), "invert": dataclasses.asdict(inverter.cfg)}
         records = ImageRecords(records_path, settings, resume=args.resume)
     except (ValueError, FileNotFoundError) as err:
         print(printable(f"error: {err}"), file=sys.stderr)

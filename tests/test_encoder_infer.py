@@ -10,7 +10,6 @@ import pytest
 
 from conftest import tiny_gan_config
 from semgan_jax import cli, infer
-from semgan_jax.perceptual.lpips import LPIPS
 from semgan_jax.train import encoder as stage2
 
 
@@ -44,12 +43,16 @@ def write_stage1_run(workdir, config):
     ckpt.close()
 
 
+# The perceptual term on, with the stage-1 run's Dr as its feature net (no weight files)
+PERCEPTUAL = {"train.lambda_unlabel_lpips": 10.0, "train.lambda_label_lpips": 10.0, "lpips.net": "dr"}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A stage-1 run directory and a 2-iteration stage-2 run on it."""
+    """A stage-1 run directory and a 2-iteration stage-2 run on it (perceptual term: Dr's)."""
     root = tmp_path_factory.mktemp("runs")
     write_stage1_run(root / "stage1", tiny_gan_config())
-    stage2.train(tiny_encoder_config(root / "stage1"), root / "stage2")
+    stage2.train(tiny_encoder_config(root / "stage1", **PERCEPTUAL), root / "stage2")
     return root
 
 
@@ -65,6 +68,7 @@ def test_stage2_run_writes_samples_metrics_and_checkpoint(runs):
     rows = [json.loads(r) for r in (runs / "stage2" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert {"e_unlabel_mse", "e_label_ce", "e_label_dice", "e_label_loss"} <= set(rows[0])
+    assert all(r["e_unlabel_lpips"] > 0 and r["e_label_lpips"] > 0 for r in rows)  # Dr's distance
     assert (runs / "stage2" / "samples" / "step_000002.png").is_file()
     assert (runs / "stage2" / "checkpoints" / "2").is_dir()
 
@@ -77,20 +81,21 @@ def test_wrong_stage_is_named(runs):
 
 
 def test_encoder_step_lowers_both_losses_on_a_fixed_batch(runs):
-    """With LPIPS (random VGG weights: the code path, not the metric) on, 12 iterations of the
-    reference's two updates on one batch lower the unlabeled and the labeled loss; the labeled
-    optimiser's Lookahead copy starts from the weights at its first step."""
-    s1 = stage2.load_stage1_config(runs / "stage1")
-    cfg = tiny_encoder_config(runs / "stage1", **{"train.lambda_unlabel_lpips": 10.0,
-                                                  "train.lambda_label_lpips": 10.0})
-    lp = LPIPS("vgg")
-    lp_params = lp.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)), jnp.zeros((1, 16, 16, 3)))["params"]
+    """With the perceptual term on (Dr's), 12 iterations of the reference's two updates on one
+    batch lower the unlabeled and the labeled loss; the labeled optimiser's Lookahead copy starts
+    from the weights at its first step. The step is the loop's program (jit_train_step, memoised:
+    the `runs` fixture compiled it)."""
+    from semgan_jax.parallel import make_mesh
+
+    s1, gm, s1_state = stage2.load_stage1(runs / "stage1")
+    cfg = tiny_encoder_config(runs / "stage1", **PERCEPTUAL)
+    lp, lp_params = stage2.load_perceptual(cfg.lpips, gm, s1_state)
     models = stage2.build_models(s1.model, cfg, lp)
     hp = stage2.hparams_from_config(cfg.train)
-    _, _, g_ema, _ = stage2.load_generator(runs / "stage1")
-    frozen = {"g": g_ema, "lpips": lp_params}
+    frozen = {"g": s1_state.g_ema, "lpips": lp_params}
     state = jax.jit(lambda k: stage2.init_state(models, k))(jax.random.PRNGKey(0))  # distinct buffers
-    step = jax.jit(lambda s, b: stage2.train_step(models, hp, s, frozen, b), donate_argnums=(0,))
+    loop_step = stage2.jit_train_step(models, hp, make_mesh(1))
+    step = lambda s, b: loop_step(s, b, frozen)  # noqa: E731
     batch = fixed_batch()
     p0 = jax.tree.map(np.array, state.params)
     history = []
@@ -104,7 +109,7 @@ def test_encoder_step_lowers_both_losses_on_a_fixed_batch(runs):
                 np.testing.assert_array_equal(a, b)
             assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(state.slow_label),
                                                                      jax.tree.leaves(p0))) > 0
-    assert history[0]["e_unlabel_lpips"] != 0  # random heads: any sign
+    assert history[0]["e_unlabel_lpips"] > 0
     for key in ("e_unlabel_loss", "e_label_loss"):
         first, last = history[0][key], np.mean([h[key] for h in history[-3:]])
         assert last < first, (key, [h[key] for h in history])
@@ -130,6 +135,23 @@ def test_inversion_lowers_reconstruction_error(inverter):
     assert mse_end < mse_start
     assert res["loss"].shape == (1, 15) and float(res["loss"][0, -1]) < float(res["loss"][0, 0])
     assert res["seg"].shape == (1, 16, 16, 6) and res["w_plus"].shape == (1, inv.g.n_latent, inv.g.style_dim)
+
+
+def test_inversion_with_the_stage1_dr_as_perceptual_net(runs):
+    """The stage-2 config names lpips.net = 'dr': the inverter then needs no weight files and its
+    perceptual term is DrDistance over the stage-1 run's Dr (a positive part of the loss)."""
+    from semgan_jax.perceptual.dr_distance import DrDistance
+
+    inv, variables, _ = infer.load_inverter(runs / "stage2")  # 'auto'
+    assert isinstance(inv.lpips, DrDistance)
+    _, _, s1_state = stage2.load_stage1(runs / "stage1")
+    jax.tree.map(np.testing.assert_array_equal, variables["lpips"], {"trunk": s1_state.d_img["trunk"]})
+    off, _, _ = infer.load_inverter(runs / "stage2", use_lpips="off")
+    target = fixed_batch()["image"][:2]
+    cfg = infer.InvertConfig(step=2)
+    with_dr = jax.jit(lambda x: infer.invert(inv, variables, cfg, x, jax.random.PRNGKey(0)))(target)
+    without = jax.jit(lambda x: infer.invert(off, {**variables, "lpips": None}, cfg, x, jax.random.PRNGKey(0)))(target)
+    assert np.all(with_dr["loss"][:, 0] > without["loss"][:, 0])  # the same first step plus Dr's distance
 
 
 def test_batched_inversion_equals_one_image_at_a_time(inverter):

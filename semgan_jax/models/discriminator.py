@@ -33,15 +33,21 @@ class ResidualTrunk(nn.Module):
     subsample_strides: bool = False  # nn.conv.conv2d's form of the strided convs (R1 on the CPU)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, features: bool = False):
+        """features=True: instead, the outputs of convs_0 and of each ResBlock (size, size/2, ...,
+        4 px), before the minibatch stddev (perceptual/dr_distance.py)."""
         if x.shape[1:3] != (self.size, self.size):
             raise ValueError(f"expected {self.size}x{self.size} inputs, got {x.shape[1:3]}")
         ch = lambda r: channels_at(r, self.channel_multiplier, self.channel_base, self.channel_max)  # noqa: E731
         log = log2_size(self.size)
         x = ConvLayer(ch(self.size), 1, dtype=self.dtype, name="convs_0")(x)
+        taps = [x]
         for j, i in enumerate(range(log, 2, -1)):
             x = ResBlock(ch(2 ** (i - 1)), self.blur_kernel, dtype=self.dtype,
                          subsample_strides=self.subsample_strides, name=f"convs_{j + 1}")(x)
+            taps.append(x)
+        if features:
+            return taps
         x = minibatch_stddev(x, self.stddev_group)
         x = ConvLayer(ch(4), 3, dtype=self.dtype, name="final_conv")(x)
         return jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)

@@ -103,6 +103,14 @@ def unit_normalize(x, eps: float = 1e-10):
     return x / (norm + eps)
 
 
+def unit_differences(feats, n: int):
+    """Per layer, (unit_normalize(f[:n]) - unit_normalize(f[n:]))**2 (N, h, w, C): the feature maps
+    of a batch [x0; x1] (2N images) compared image by image, as LPIPS does before its heads."""
+    for f in feats:
+        f = unit_normalize(f)
+        yield (f[:n] - f[n:]) ** 2
+
+
 def to_rgb(x):
     """(N, H, W, 1 or 3) -> (N, H, W, 3): grey images repeated over three channels."""
     if x.shape[-1] == 1:
@@ -127,11 +135,8 @@ class LPIPS(nn.Module):
         scale = jnp.asarray(LPIPS_SCALE, jnp.float32)
         x = jnp.concatenate([to_rgb(x0), to_rgb(x1)], axis=0).astype(jnp.float32)
         feats = backbone(self.net, self.precision)((x - shift) / scale)
-        n = x0.shape[0]
-        total = jnp.zeros((n,), jnp.float32)
-        for j, f in enumerate(feats):
-            f = unit_normalize(f)
-            diff = (f[:n] - f[n:]) ** 2
+        total = jnp.zeros((x0.shape[0],), jnp.float32)
+        for j, diff in enumerate(unit_differences(feats, x0.shape[0])):
             lin = nn.Conv(1, (1, 1), use_bias=False, precision=self.precision, name=f"lin_{j}")(diff)
             total = total + jnp.mean(lin, axis=(1, 2, 3))
         return total

@@ -22,6 +22,7 @@ from the second iteration on BatchNorm normalises with its running statistics, w
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,8 @@ def default_config():
         bn_eval_after_first=False,
         on_nonfinite="stop"))       # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
     c.lpips = ml_collections.ConfigDict(dict(
-        net="vgg",                  # the reference's PerceptualLoss(net='vgg')
+        net="vgg",                  # the reference's PerceptualLoss(net='vgg'); 'alex'; or 'dr': the stage-1
+                                    # run's own Dr as the feature net (perceptual/dr_distance.py)
         backbone="", heads=""))     # weight files ('' = the default location, docs/metrics.md)
     c.log = ml_collections.ConfigDict(dict(
         log_every=100, viz_every=100, n_sample=16, save_every=2000, keep=5, max_minutes=0.0))
@@ -277,6 +279,7 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
+@functools.lru_cache(maxsize=16)  # memoised as gan.jit_train_step
 def jit_train_step(models: EncoderModels, hp: EncoderHParams, mesh):
     """`train_step` under one jit: state and frozen weights replicated (state donated), batch
     split over 'data'. Returns step(state, batch, frozen)."""
@@ -307,8 +310,8 @@ def load_stage1_config(stage1_dir: str | Path):
     return cfg
 
 
-def load_generator(stage1_dir: str | Path, mesh=None):
-    """(stage-1 config, G module, G_ema params, fixed noises) from the latest stage-1 checkpoint."""
+def load_stage1(stage1_dir: str | Path, mesh=None):
+    """(stage-1 config, GANModels, state) of the latest checkpoint of a stage-1 run (either mode)."""
     from semgan_jax import parallel
     from semgan_jax.checkpoint import restore_latest
     from semgan_jax.train import gan, seg_branch
@@ -320,18 +323,26 @@ def load_generator(stage1_dir: str | Path, mesh=None):
     state, _ = restore_latest(Path(stage1_dir) / "checkpoints",
                               lambda: seg_branch.init_state_as(gm, jax.random.PRNGKey(0), trainable),
                               parallel.replicated(mesh), "stage-1 checkpoint")
+    return cfg, gm, state
+
+
+def load_generator(stage1_dir: str | Path, mesh=None):
+    """(stage-1 config, G module, G_ema params, fixed noises) from the latest stage-1 checkpoint."""
+    cfg, gm, state = load_stage1(stage1_dir, mesh)
     return cfg, gm.g, state.g_ema, state.g_noises
 
 
-def load_lpips_for(config):
-    """(LPIPS module, params) when the config weights LPIPS, else (None, None). Missing weight
-    files raise FileNotFoundError saying what to download and where to put it."""
-    t = config.train
-    if not (t.lambda_unlabel_lpips or t.lambda_label_lpips):
-        return None, None
+def load_perceptual(lpips_cfg, stage1_models, stage1_state):
+    """(module, params) of the perceptual distance `lpips_cfg.net` names: 'dr' is the stage-1 run's
+    own Dr (perceptual/dr_distance.py: no weight files, no labels); 'vgg' / 'alex' are LPIPS, whose
+    missing weight files raise WeightsNotFoundError saying what to download and where."""
+    if lpips_cfg.net == "dr":
+        from semgan_jax.perceptual.dr_distance import DrDistance, variables_for
+
+        return DrDistance(stage1_models.d_img), variables_for(stage1_state.d_img)
     from semgan_jax.perceptual.convert import load_lpips
 
-    module, variables = load_lpips(config.lpips.net, config.lpips.backbone or None, config.lpips.heads or None)
+    module, variables = load_lpips(lpips_cfg.net, lpips_cfg.backbone or None, lpips_cfg.heads or None)
     return module, variables["params"]
 
 
@@ -364,8 +375,11 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = make_mesh(config.train.mesh_data)
-    s1, g_module, g_ema, g_noises = load_generator(config.stage1, mesh)
-    lpips_module, lpips_params = load_lpips_for(config)
+    s1, gm, s1_state = load_stage1(config.stage1, mesh)
+    g_ema, g_noises = s1_state.g_ema, s1_state.g_noises
+    lpips_module, lpips_params = None, None
+    if config.train.lambda_unlabel_lpips or config.train.lambda_label_lpips:
+        lpips_module, lpips_params = load_perceptual(config.lpips, gm, s1_state)
     models = build_models(s1.model, config, lpips_module)
     hp = hparams_from_config(config.train)
     local_batch = check_batch_size(config.train.batch_size, mesh)
