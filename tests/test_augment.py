@@ -97,17 +97,20 @@ def test_augmentation_is_differentiable_and_site_dependent():
 
 @functools.lru_cache(maxsize=None)
 def _step(**train):
-    """(state, metrics) of one tiny stage-1 iteration with R1 (batch 4) under `train` overrides."""
+    """(state, metrics) of one tiny stage-1 iteration with R1 under `train` overrides: the loop's
+    program (gan.jit_train_step), so the reference one is shared with the other tiny-config tests."""
+    from semgan_jax.parallel import make_mesh
+
     cfg = tiny_gan_config(**{f"train.{k}": v for k, v in train.items()})
     models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
-    hp = gan.hparams_from_config({**cfg.train.to_dict(), "batch_size": 4})
+    hp = gan.hparams_from_config(cfg.train)
     state = gan.init_state(models, jax.random.key(0))
+    n, size = cfg.train.batch_size, cfg.model.size
     rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32),
-             "seg_image": rng.uniform(-1, 1, (4, 16, 16, 3)).astype(np.float32),
-             "seg_mask": np.eye(6, dtype=np.float32)[rng.integers(0, 6, (4, 16, 16))] * 2 - 1}
-    step = jax.jit(functools.partial(gan.train_step, models, hp, d_reg=True, g_reg=False))
-    state, metrics = step(state, batch)
+    batch = {"image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+             "seg_image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+             "seg_mask": np.eye(6, dtype=np.float32)[rng.integers(0, 6, (n, size, size))] * 2 - 1}
+    state, metrics = gan.jit_train_step(models, hp, make_mesh(1))(state, batch, True, False)
     return state, {k: float(v) for k, v in metrics.items()}
 
 

@@ -81,14 +81,16 @@ def test_training_separates_real_and_fake(tmp_path):
 
 
 def test_resume_is_bit_exact(tmp_path):
-    """2 iterations, stop, resume for 2 more == 4 uninterrupted iterations, bit for bit (params,
-    optimiser states, EMA, RNG key, data position, logged losses). Regularisers every 2 steps, so
-    both compiled variants run after the restart."""
-    over = {"train.d_reg_every": 2, "train.g_reg_every": 2, "log.viz_every": 1000, "log.save_every": 1000}
-    full = gan.train(tiny_gan_config(**over, **{"train.iterations": 4}), tmp_path / "full")
-    gan.train(tiny_gan_config(**over, **{"train.iterations": 2}), tmp_path / "split")
-    resumed = gan.train(tiny_gan_config(**over, **{"train.iterations": 4}), tmp_path / "split", resume=True)
-    assert int(resumed.step) == 4
+    """15 iterations, stop, resume for 3 more == 18 uninterrupted iterations, bit for bit (params,
+    optimiser states, EMA, RNG key, data position, logged losses). Step 16 runs R1 and path
+    length, so the plain and the regularised programs both run after the restart. (The tiny
+    config's own schedule: the programs are those test_training_separates_real_and_fake compiled.)"""
+    over = {"log.viz_every": 1000, "log.save_every": 1000}
+    assert gan.regularize_flags(16, gan.hparams_from_config(tiny_gan_config().train)) == (True, True)
+    full = gan.train(tiny_gan_config(**over, **{"train.iterations": 18}), tmp_path / "full")
+    gan.train(tiny_gan_config(**over, **{"train.iterations": 15}), tmp_path / "split")
+    resumed = gan.train(tiny_gan_config(**over, **{"train.iterations": 18}), tmp_path / "split", resume=True)
+    assert int(resumed.step) == 18
     for a, b in zip(jax.tree.leaves(jax.device_get(full)), jax.tree.leaves(jax.device_get(resumed))):
         np.testing.assert_array_equal(a, b)
     def losses(workdir):

@@ -35,7 +35,8 @@ def train_cli(workdir: Path, iterations: int, *, processes: int, devices: int, r
     args = [sys.executable, "-m", "semgan_jax.cli", "train-gan", "--workdir", str(workdir),
             *(["--resume"] if resume else []), *tiny_overrides(**RUN, **{"train.iterations": iterations})]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "SEMGAN_JAX_CACHE": CACHE_DIR,
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           # the tests' LLVM level (conftest) plus the fake devices
+           "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"}
     port = _free_port()
     procs = []
     for rank in range(processes):
