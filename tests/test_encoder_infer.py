@@ -83,8 +83,8 @@ def test_wrong_stage_is_named(runs):
 def test_encoder_step_lowers_both_losses_on_a_fixed_batch(runs):
     """With the perceptual term on (Dr's), 12 iterations of the reference's two updates on one
     batch lower the unlabeled and the labeled loss; the labeled optimiser's Lookahead copy starts
-    from the weights at its first step. The step is the loop's program (jit_train_step, memoised:
-    the `runs` fixture compiled it)."""
+    from the weights at its first step. The step is the loop's program (jit_train_step: the `runs`
+    fixture compiled it, so this is a compilation-cache hit)."""
     from semgan_jax.parallel import make_mesh
 
     s1, gm, s1_state = stage2.load_stage1(runs / "stage1")

@@ -22,7 +22,6 @@ from the second iteration on BatchNorm normalises with its running statistics, w
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -279,7 +278,6 @@ def train_step(models: EncoderModels, hp: EncoderHParams, state: EncoderState, f
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-@functools.lru_cache(maxsize=16)  # memoised as gan.jit_train_step
 def jit_train_step(models: EncoderModels, hp: EncoderHParams, mesh):
     """`train_step` under one jit: state and frozen weights replicated (state donated), batch
     split over 'data'. Returns step(state, batch, frozen)."""

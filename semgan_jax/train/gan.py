@@ -32,7 +32,6 @@ device computes on the same global batch.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.struct
@@ -440,13 +439,10 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-@functools.lru_cache(maxsize=16)
 def jit_train_step(models: GANModels, hp: GANHParams, mesh):
     """`train_step` under one jit: state replicated and donated, batch split over 'data'.
 
-    Returns step(state, batch, d_reg, g_reg) with the two flags static. Memoised on (models, hp,
-    mesh), all hashable (the optimisers are one object per setting): a second run in the same
-    process (a resume, a test) reuses the compiled programs instead of tracing them again."""
+    Returns step(state, batch, d_reg, g_reg) with the two flags static."""
     from semgan_jax.parallel import batch_sharding, compiler_options, replicated
 
     rep, data = replicated(mesh), batch_sharding(mesh)

@@ -29,7 +29,6 @@ StyleGAN2 file) freezes G_ema's image path: G's frozen parts are set to G_ema's,
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Callable
 
@@ -61,7 +60,6 @@ def with_to_seg(g_params, seg) -> dict:
     return {**g_params, "synthesis": {**g_params["synthesis"], **seg}}
 
 
-@functools.lru_cache(maxsize=64)  # (as state.lazy_adam)
 def seg_optimizer(lr: float) -> optax.GradientTransformation:
     """The ToSEG optimiser (module docstring)."""
     return optax.adam(lr, b1=0.0, b2=0.99, eps=1e-8)
@@ -141,10 +139,9 @@ def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, b
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-@functools.lru_cache(maxsize=16)
 def jit_train_step(models: gan.GANModels, hp: gan.GANHParams, mesh):
     """`train_step` under one jit (state replicated and donated, batch split over 'data'):
-    step(state, batch, d_reg) with the flag static. Memoised as gan.jit_train_step."""
+    step(state, batch, d_reg) with the flag static."""
     from semgan_jax.parallel import batch_sharding, compiler_options, replicated
 
     rep, data = replicated(mesh), batch_sharding(mesh)

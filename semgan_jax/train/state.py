@@ -12,7 +12,6 @@ Parameter layout: flax puts a kernel's output features on the LAST axis ((kh, kw
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -28,7 +27,6 @@ EMA_DECAY = 0.5 ** (32 / (10 * 1000))
 # Stage 1
 # --------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=64)  # one object per setting: the programs that close over it are cached
 def lazy_adam(lr: float, reg_every: int, beta1: float = 0.0, beta2: float = 0.99,
               eps: float = 1e-8) -> optax.GradientTransformation:
     """Adam for lazily regularised networks, as the reference's stage-1 `optim.Adam` setup.
@@ -216,7 +214,6 @@ def encoder_lr_schedule(lr: float = 1e-3, lr_min: float = 1e-5, decay_start: int
     return schedule
 
 
-@functools.lru_cache(maxsize=64)  # (as lazy_adam)
 def encoder_optimizer(lr: float = 1e-3, lr_min: float = 1e-5, decay_start: int = 30000,
                       decay_end: int = 100000, grad_clip: float | None = 5.0,
                       optimizer: str = "ranger") -> optax.GradientTransformation:
