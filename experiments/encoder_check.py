@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     print(f"spread over images of E(x)      {float(w.std(0).mean()):.4g}   of G's w {float(w_g.std(0).mean()):.4g}")
     print(f"mean |E(x)|                     {float(jnp.abs(w).mean()):.4g}   of G's w {float(jnp.abs(w_g).mean()):.4g}")
     if args.fit_steps:
-        onehot = jax.nn.one_hot(truth, generate(w[:1])[1].shape[-1])
+        onehot = jax.nn.one_hot(truth, inv.g.seg_dim)
         objectives = {
             "true mask": lambda lat: -jnp.mean(jnp.sum(onehot * jax.nn.log_softmax(generate(lat)[1]), -1)),
             "image": lambda lat: jnp.mean(jnp.square(generate(lat)[0] - x))}

@@ -325,8 +325,9 @@ def run_evaluate(args) -> int:
         where, info, total, load = (_folder_examples(inverter, args.images, args.masks) if args.images
                                     else _split_examples(inverter, args.dataset, args.split, args.data_dir))
         settings = {"checkpoint": str(args.checkpoint), "source": where, "batch": args.batch, "seed": args.seed,
-                    "lpips": args.lpips,
-                    **({"perceptual_net": args.perceptual_net} if args.perceptual_net else {}), "invert": dataclasses.asdict(inverter.cfg)}
+                    "lpips": args.lpips, "invert": dataclasses.asdict(inverter.cfg)}
+        if args.perceptual_net:  # only when given: records written before the flag keep resuming
+            settings["perceptual_net"] = args.perceptual_net
         records = ImageRecords(records_path, settings, resume=args.resume)
     except (ValueError, FileNotFoundError) as err:
         print(printable(f"error: {err}"), file=sys.stderr)

@@ -62,5 +62,5 @@ def test_stage1_dr_is_the_perceptual_net_named_dr():
     module, p = encoder.load_perceptual(ml_collections.ConfigDict({"net": "dr", "backbone": "", "heads": ""}),
                                         Models, State)
     assert isinstance(module, DrDistance) and module.dr == DR
-    jax.tree.map(np.testing.assert_array_equal, p, {"trunk": params["trunk"]})
+    jax.tree.map(np.testing.assert_array_equal, p, {"dr": {"trunk": params["trunk"]}})
     assert float(module.apply({"params": p}, x0, x1).mean()) > 0

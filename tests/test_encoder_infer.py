@@ -145,7 +145,7 @@ def test_inversion_with_the_stage1_dr_as_perceptual_net(runs):
     inv, variables, _ = infer.load_inverter(runs / "stage2")  # 'auto'
     assert isinstance(inv.lpips, DrDistance)
     _, _, s1_state = stage2.load_stage1(runs / "stage1")
-    jax.tree.map(np.testing.assert_array_equal, variables["lpips"], {"trunk": s1_state.d_img["trunk"]})
+    jax.tree.map(np.testing.assert_array_equal, variables["lpips"], {"dr": {"trunk": s1_state.d_img["trunk"]}})
     off, _, _ = infer.load_inverter(runs / "stage2", use_lpips="off")
     target = fixed_batch()["image"][:2]
     cfg = infer.InvertConfig(step=2)

@@ -65,9 +65,13 @@ class ImageDiscriminator(nn.Module):
     subsample_strides: bool = False  # nn.conv.conv2d's form of the strided convs (R1 on the CPU)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, features: bool = False):
+        """features=True: the trunk's per-layer outputs instead (ResidualTrunk; perceptual/dr_distance.py)."""
         h = ResidualTrunk(self.size, self.channel_multiplier, self.channel_base, self.channel_max,
-                          self.blur_kernel, self.stddev_group, self.dtype, self.subsample_strides, name="trunk")(x)
+                          self.blur_kernel, self.stddev_group, self.dtype, self.subsample_strides,
+                          name="trunk")(x, features=features)
+        if features:
+            return h
         c4 = channels_at(4, self.channel_multiplier, self.channel_base, self.channel_max)
         h = EqualDense(c4, activation="lrelu", dtype=self.dtype, name="final_linear_0")(h)
         return EqualDense(1, dtype=self.dtype, name="final_linear_1")(h).astype(jnp.float32)

@@ -12,8 +12,8 @@ Why: the reference inverts with LPIPS, whose ImageNet backbone cannot be downloa
 trained on the same images without labels (never the oracle, which saw labels), so its
 features are a perceptual space of the domain that costs nothing to obtain. docs/learning.md
 measures it against pixel MSE (on the 32-px synthetic faces it scores lower, as a stage-2 loss
-and as an inversion loss). Variables: {'params': {'trunk': Dr's trunk params}}, taken from a
-stage-1 Dr by `variables_for`.
+and as an inversion loss). Variables: {'params': {'dr': {'trunk': Dr's trunk params}}}, taken
+from a stage-1 Dr by `variables_for`.
 """
 
 from __future__ import annotations
@@ -23,23 +23,20 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from semgan_jax.models.discriminator import ImageDiscriminator, ResidualTrunk
+from semgan_jax.models.discriminator import ImageDiscriminator
 from semgan_jax.perceptual.lpips import unit_differences
 
 
 class DrDistance(nn.Module):
     """(x0, x1) (N, size, size, C) in [-1, 1] -> (N,) distances in Dr's feature space.
 
-    `dr` is the stage-1 ImageDiscriminator whose trunk this runs (params under 'trunk', as in
-    Dr's own params: `variables_for`)."""
+    `dr` is the stage-1 ImageDiscriminator; only its trunk runs (params {'dr': {'trunk': ...}}:
+    `variables_for`)."""
     dr: ImageDiscriminator
 
     @nn.compact
     def __call__(self, x0, x1):
-        d = self.dr
-        trunk = ResidualTrunk(d.size, d.channel_multiplier, d.channel_base, d.channel_max, d.blur_kernel,
-                              d.stddev_group, d.dtype, d.subsample_strides, name="trunk")
-        feats = trunk(jnp.concatenate([x0, x1], axis=0), features=True)
+        feats = self.dr(jnp.concatenate([x0, x1], axis=0), features=True)
         total = jnp.zeros((x0.shape[0],), jnp.float32)
         for diff in unit_differences([f.astype(jnp.float32) for f in feats], x0.shape[0]):
             total = total + jnp.mean(jnp.sum(diff, axis=-1), axis=(1, 2))
@@ -48,4 +45,4 @@ class DrDistance(nn.Module):
 
 def variables_for(dr_params: Any) -> dict:
     """DrDistance's params from a stage-1 Dr's params (only its trunk is used)."""
-    return {"trunk": dr_params["trunk"]}
+    return {"dr": {"trunk": dr_params["trunk"]}}
