@@ -67,6 +67,14 @@ VARIANTS = {
     "no_mixing": ("base, no style mixing", ["train.mixing=0.0"]),
     "mapping_8": ("base, 8 mapping layers (the reference's depth)", ["model.n_mlp=8"]),
     "mapping_2": ("base, 2 mapping layers", ["model.n_mlp=2"]),
+    "fake_mask_hard": ("base, Dm sees G's mask as a one-hot map (straight-through softmax gradient), as the real "
+                       "masks are, instead of raw logits", ["train.fake_mask=hard"]),
+    "fake_mask_softmax": ("base, Dm sees G's mask as 2 softmax - 1 instead of raw logits",
+                          ["train.fake_mask=softmax"]),
+    "dm_mismatch": ("base, Dm also rejects real images paired with another example's mask (weight 1)",
+                    ["train.dm_mismatch=1.0"]),
+    "dm_mismatch_hard": ("base, mismatched real pairs for Dm (weight 1) and one-hot fake masks",
+                         ["train.dm_mismatch=1.0", "train.fake_mask=hard"]),
     "augment_both": ("base, DiffAugment translation on Dr's and translation + cutout on Dm's inputs",
                      ["train.augment_dr=translation", "train.augment_dm=translation,cutout"]),
 }

@@ -235,3 +235,25 @@ def test_encoder_weight_defaults_to_the_measured_value_without_lpips(runs, capsy
     inv = BatchedInverter(str(runs / "stage2"), infer.InvertConfig(step=1, lambda_encoder=0.5), use_lpips="off")
     assert inv.cfg.lambda_encoder == 0.5
     assert infer.encoder_weight(None, has_lpips=True) == 1e-3 == infer.InvertConfig().lambda_encoder
+
+
+def test_coupling_diagnostics_of_a_stage1_run(runs):
+    """experiments/coupling.py: chance (test masks against the next one's), G's mask variety and
+    Dm's scores of matched / shuffled / flipped pairs, for every row it names."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("coupling", REPO / "experiments" / "coupling.py")
+    coupling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(coupling)
+    same = np.tile(np.arange(6).repeat(4)[None, :, None], (3, 1, 24))          # every class, every image
+    assert coupling.next_mask_iou(same, 6)["miou"] == 1.0
+    assert coupling.next_mask_iou(np.stack([same[0], same[0].T, same[0]]), 6)["miou"] < 0.5
+    res = coupling.measure(str(runs / "stage1"), n=8)
+    assert set(res["next_mask_iou"]) == {"test masks (chance)", "g masks", "g_ema masks"}
+    assert 0 < res["next_mask_iou"]["test masks (chance)"]["miou"] < 1
+    assert len(res["dm_alignment"]) == 6
+    for row in res["dm_alignment"].values():
+        assert all(np.isfinite(row[k]) for k in ("matched", "shuffled", "flipped"))
+        assert 0 <= row["matched_above_shuffled"] <= 1

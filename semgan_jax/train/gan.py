@@ -103,6 +103,8 @@ class GANHParams:
     augment_dr: str = ""
     augment_dm: str = ""
     r1_dr: float = -1.0
+    fake_mask: str = "raw"
+    dm_mismatch: float = 0.0
 
     @property
     def r1_weights(self) -> tuple[float, float]:
@@ -112,6 +114,8 @@ class GANHParams:
     def __post_init__(self):
         augment.parse_policy(self.augment_dr)
         augment.parse_policy(self.augment_dm)
+        if self.fake_mask not in FAKE_MASKS:
+            raise ValueError(f"train.fake_mask must be one of {FAKE_MASKS}, got {self.fake_mask!r}")
         if not 0 <= self.g_reg_offset < self.g_reg_every:
             raise ValueError(f"train.g_reg_offset must be in [0, g_reg_every={self.g_reg_every}), "
                              f"got {self.g_reg_offset}")
@@ -154,6 +158,11 @@ def default_config():
                                       # requires_grad is off (set for the Dm step), so Dr's optimiser
                                       # steps on zero gradients (docs/architecture.md)
         r1_dr=-1.0,                   # Dr's R1 weight when >= 0 (Dm keeps r1); -1 = r1 for both (reference)
+        fake_mask="raw",              # G's mask as Dm sees it: 'raw' seg logits (reference) | 'softmax'
+                                      # (2 softmax - 1; tanh for seg_dim 1) | 'hard' (one-hot in [-1, 1]
+                                      # forward, the softmax's gradient backward), see dm_fake_input
+        dm_mismatch=0.0,              # > 0: Dm also learns to reject real images paired with another
+                                      # example's real mask, at this weight (dm_loss); 0 = reference
         augment_dr="", augment_dm="", # DiffAugment policies for Dr's / Dm's inputs, e.g.
                                       # "translation,cutout" (train/augment.py); "" = none (reference)
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
@@ -250,13 +259,49 @@ def _dm(models, params, spectral, x, net=None):
     return feats, new["spectral"]
 
 
-def dm_loss(params, spectral, models: GANModels, fake_seg_in, real_seg_in, aug):
+FAKE_MASKS = ("raw", "softmax", "hard")
+
+
+def dm_fake_input(fake_img, fake_seg, fake_mask: str):
+    """Dm's input for G's pair: (N, H, W, C + seg_dim), the image DETACHED (Dm's losses reach G
+    through the mask only). Real masks enter Dm as one-hot maps in [-1, 1]; `fake_mask` says how
+    G's seg logits do: 'raw' as they are (the reference), 'softmax' as 2 softmax - 1 (tanh for a
+    single channel), 'hard' as the one-hot map of their argmax (sign for a single channel) with
+    the softmax's gradient (straight-through), so that fake and real masks share their values and
+    only shape and placement tell them apart."""
+    if fake_mask == "raw":
+        mask = fake_seg
+    else:
+        soft = jnp.tanh(fake_seg) if fake_seg.shape[-1] == 1 else 2 * jax.nn.softmax(fake_seg, axis=-1) - 1
+        if fake_mask == "hard":
+            hard = (jnp.sign(fake_seg) if fake_seg.shape[-1] == 1
+                    else 2 * jax.nn.one_hot(jnp.argmax(fake_seg, -1), fake_seg.shape[-1], dtype=fake_seg.dtype) - 1)
+            soft = soft + jax.lax.stop_gradient(hard - soft)
+        mask = soft
+    return jnp.concatenate([jax.lax.stop_gradient(fake_img), mask], axis=-1)
+
+
+def mismatched_pairs(real_seg_in, image_channels: int):
+    """Real (image, mask) pairs (N, H, W, C + seg_dim) with each image given the next example's
+    mask (a roll by one over the batch): pairs whose parts are real but do not belong together."""
+    return jnp.concatenate([real_seg_in[..., :image_channels],
+                            jnp.roll(real_seg_in[..., image_channels:], 1, axis=0)], axis=-1)
+
+
+def dm_loss(params, spectral, models: GANModels, fake_seg_in, real_seg_in, aug, mismatch: float = 0.0):
     """Dm's hinge loss on fake and real (image, mask) inputs (N, H, W, C + seg_dim), each through
-    `aug` (see `discriminator_augmenters`): (loss, (new spectral state, real score, fake score))."""
+    `aug` (see `discriminator_augmenters`): (loss, (new spectral state, real score, fake score)).
+    mismatch > 0 adds that weight of the hinge "fake" loss on `mismatched_pairs` of the real batch
+    (the matching-aware discriminator of GAN-CLS, Reed et al. 2016): real images and real masks
+    that do not belong together, which Dm can only reject by looking at their alignment."""
     fake_pred, spectral = _dm(models, params, spectral, aug(0, fake_seg_in))
     real_pred, spectral = _dm(models, params, spectral, aug(1, real_seg_in))
-    loss = (losses.hinge_d_loss(fake_pred, False) + losses.hinge_d_loss(real_pred, True)) / 2
-    return loss, (spectral, _final_mean(real_pred), _final_mean(fake_pred))
+    loss = losses.hinge_d_loss(fake_pred, False) + losses.hinge_d_loss(real_pred, True)
+    if mismatch:
+        wrong_pred, spectral = _dm(models, params, spectral,
+                                   aug(5, mismatched_pairs(real_seg_in, models.g.image_channels)))
+        loss = loss + mismatch * losses.hinge_d_loss(wrong_pred, False)
+    return loss / 2, (spectral, _final_mean(real_pred), _final_mean(fake_pred))
 
 
 def dm_r1(params, spectral, models: GANModels, real_seg_in, aug):
@@ -273,11 +318,12 @@ def r1_scaled(grads, r1: float, d_reg_every: int):
     return jax.tree.map(lambda g: g * (r1 / 2 * d_reg_every), grads)
 
 
-def dm_generator_loss(d_seg, spectral, models: GANModels, fake_img, fake_seg, real_seg_in, aug, lambda_feat: float):
+def dm_generator_loss(d_seg, spectral, models: GANModels, fake_img, fake_seg, real_seg_in, aug, lambda_feat: float,
+                      fake_mask: str = "raw"):
     """G's Dm terms: hinge on (detached image, mask) and 1/3-weighted feature matching against the
     real pairs' features: (adversarial, feature matching, new spectral state). Dm's loss reaches
-    G through the mask only."""
-    fake_in = jnp.concatenate([jax.lax.stop_gradient(fake_img), fake_seg], axis=-1)
+    G through the mask only (`dm_fake_input`)."""
+    fake_in = dm_fake_input(fake_img, fake_seg, fake_mask)
     fake_feats, spectral = _dm(models, d_seg, spectral, aug(3, fake_in))
     real_feats, spectral = _dm(models, d_seg, spectral, aug(4, real_seg_in))
     adv = losses.hinge_g_loss(fake_feats)
@@ -344,10 +390,10 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
 
     # 2. Dm
     fake_img, fake_seg = generate(models, state.g, k_dseg, b, hp.mixing, draw=_draw("d_seg"))
-    fake_seg_in = jnp.concatenate([fake_img, fake_seg], axis=-1)
+    fake_seg_in = dm_fake_input(fake_img, fake_seg, hp.fake_mask)
 
     (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(dm_loss, has_aux=True)(
-        state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm)
+        state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm, hp.dm_mismatch)
     d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
     d_seg, d_seg_opt, spectral = _pin("Dm", d_seg, d_seg_opt, spectral)
     metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
@@ -386,7 +432,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         fake_img_pred = models.d_img.apply({"params": d_img}, aug_dr(3, fake_img))
         g_img = losses.g_nonsaturating_loss(fake_img_pred)
         g_seg_adv, g_seg_feat, spectral = dm_generator_loss(d_seg, spectral, models, fake_img, fake_seg, real_seg_in,
-                                                            aug_dm, hp.lambda_dseg_feat)
+                                                            aug_dm, hp.lambda_dseg_feat, hp.fake_mask)
         total = g_img + g_seg_adv + g_seg_feat
         return total, (spectral, {"g": total, "g_img": g_img, "g_seg_adv": g_seg_adv, "g_seg_feat": g_seg_feat})
 

@@ -100,9 +100,9 @@ def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, b
 
     # 1. Dm
     fake_img, fake_seg = gan.generate(models, state.g, k_dseg, b, hp.mixing)
-    fake_seg_in = jnp.concatenate([fake_img, fake_seg], axis=-1)
+    fake_seg_in = gan.dm_fake_input(fake_img, fake_seg, hp.fake_mask)
     (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(gan.dm_loss, has_aux=True)(
-        state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm)
+        state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm, hp.dm_mismatch)
     d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
     metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
 
@@ -119,7 +119,7 @@ def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, b
     def seg_loss(seg, spectral):
         fake_img, fake_seg = gan.generate(models, with_to_seg(state.g, seg), k_g, b, hp.mixing)
         adv, feat, spectral = gan.dm_generator_loss(d_seg, spectral, models, fake_img, fake_seg, real_seg_in, aug_dm,
-                                                    hp.lambda_dseg_feat)
+                                                    hp.lambda_dseg_feat, hp.fake_mask)
         return adv + feat, (spectral, {"g": adv + feat, "g_seg_adv": adv, "g_seg_feat": feat})
 
     seg = to_seg(state.g)
