@@ -4,7 +4,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # Tests run in parallel on all cores; set PYTEST_ARGS to pass more (e.g. -m "not slow").
+# A crashed xdist worker fails the run instead of being replaced (a replaced worker has been seen
+# to hang the run), and a test that hangs fails after 20 minutes.
 PYTEST_ARGS ?= -m "not slow"
+PYTEST_GUARD := --max-worker-restart=0 --timeout=1200
 
 # The demo: the whole pipeline on the built-in synthetic faces at 32 px, about 14 minutes (plus the install) on a
 # 2-core CPU: stage 1 (GAN), stage 2 (encoder), then segmentation of held-out in-domain (test) and
@@ -31,10 +34,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml constraints.txt
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_GUARD) $(PYTEST_ARGS)
 
 test-all: venv
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n auto --dist loadfile $(PYTEST_GUARD)
 
 demo: venv
 	$(SEMGAN) prepare synthetic --resolution 32 --data-dir $(DEMO_DIR)/data

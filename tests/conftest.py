@@ -48,3 +48,30 @@ def tiny_gan_config(**overrides):
 @pytest.fixture
 def tiny_config():
     return tiny_gan_config
+
+
+# SEMGAN_JAX_COMPILE_REPORT=DIR: each pytest process writes DIR/<worker>.json with, per test, the
+# seconds spent tracing, lowering and XLA-compiling (cache misses; a persistent-cache hit costs
+# no backend compile) and the number of backend compiles, to see where a cold run's time goes.
+_COMPILE_REPORT = os.environ.get("SEMGAN_JAX_COMPILE_REPORT")
+_COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower_s",
+                   "/jax/core/compile/backend_compile_duration": "compile_s"}
+_compile_times: dict = {}
+
+if _COMPILE_REPORT:
+    def _record_compile(event: str, duration: float, **_):
+        if event in _COMPILE_EVENTS:
+            test = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)").rsplit(" (", 1)[0]
+            row = _compile_times.setdefault(test, {"trace_s": 0.0, "lower_s": 0.0, "compile_s": 0.0, "compiles": 0})
+            row[_COMPILE_EVENTS[event]] += duration
+            row["compiles"] += event.endswith("backend_compile_duration")
+
+    jax.monitoring.register_event_duration_secs_listener(_record_compile)
+
+    def pytest_sessionfinish(session):
+        import json
+
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+        Path(_COMPILE_REPORT).mkdir(parents=True, exist_ok=True)
+        (Path(_COMPILE_REPORT) / f"{worker}.json").write_text(json.dumps(_compile_times, indent=1))

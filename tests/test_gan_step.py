@@ -42,12 +42,22 @@ def test_sharded_step_equals_single_device():
 
 @pytest.mark.slow
 def test_sharded_adam_step_is_close():
-    """The real lazy Adam (beta1 = 0): its first update is g / (|g| + 1e-8), which turns float32
-    reduction-order noise in gradients of size ~1e-8 into param differences of a few 1e-5 (of
-    lr 2e-3): bounded by 1e-4; the losses agree within 1e-5."""
+    """The real lazy Adam (beta1 = 0): its first update is lr·c·g / (|g| + 1e-8). Where |g| is far
+    above eps the update is lr·c·sign(g), and the meshes agree to float32 noise (measured 1.2e-7).
+    A few elements have gradients at eps scale (0.5 % measured), among them Dm's final-layer biases,
+    whose gradient at initialisation is exactly zero (every hinge term active: the real and fake
+    halves cancel), so reduction-order noise steps them by up to ±lr·c (measured 1.6e-3 on two
+    scales' biases). The losses computed before any update agree within 1e-5; G's, computed after
+    Dm's update, move with those biases by at most 2·lr·c (measured 1.1e-3)."""
+    lr = tiny_gan_config().train.lr
     res = run_sharded("adam")
-    assert res["param_max_diff"] < 1e-4
-    assert res["metric_max_diff"] < 1e-5
+    assert res["stable_param_max_diff"] < 1e-6
+    assert res["eps_scale_fraction"] < 0.01
+    assert res["param_max_diff"] <= 2 * lr
+    first = ("d_img", "d_img_real_score", "d_img_fake_score", "d_seg", "d_seg_real_score", "d_seg_fake_score")
+    diffs = res["metric_diffs"]
+    assert max(diffs[k] for k in first) < 1e-5, diffs
+    assert max(diffs.values()) <= 2 * lr, diffs
 
 
 def test_batch_must_split_over_devices():
