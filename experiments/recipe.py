@@ -75,6 +75,9 @@ VARIANTS = {
                     ["train.dm_mismatch=1.0"]),
     "dm_mismatch_hard": ("base, mismatched real pairs for Dm (weight 1) and one-hot fake masks",
                          ["train.dm_mismatch=1.0", "train.fake_mask=hard"]),
+    "dm_mismatch_hard_r1dr0": ("base, mismatched real pairs for Dm, one-hot fake masks and no R1 on Dr (whose "
+                               "smoothing is suspected of the layout collapse)",
+                               ["train.dm_mismatch=1.0", "train.fake_mask=hard", "train.r1_dr=0.0"]),
     "augment_both": ("base, DiffAugment translation on Dr's and translation + cutout on Dm's inputs",
                      ["train.augment_dr=translation", "train.augment_dm=translation,cutout"]),
 }
