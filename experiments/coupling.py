@@ -58,7 +58,6 @@ def alignment_row(models, state, image, mask) -> dict:
 def measure(run: str, n: int) -> dict:
     cfg, models, state = encoder.load_stage1(run)
     k = models.g.seg_dim
-    onehot = lambda seg: 2 * jax.nn.one_hot(jnp.argmax(seg, -1), k) - 1  # noqa: E731
     labeled = encoder.first_labeled_examples(cfg.data, k, n)
     test = next(make_eval_batches(load_split(cfg.data.name, "test", data_dir=cfg.data.data_dir or None,
                                              resolution=cfg.data.resolution), n, k))
@@ -69,7 +68,7 @@ def measure(run: str, n: int) -> dict:
         image, seg = gan.generate(models, getattr(state, net), jax.random.key(3), 256, 0.0)
         variety[f"{net} masks"] = next_mask_iou(np.asarray(jnp.argmax(seg, -1)), k)
         align[f"{net} pairs, raw logits"] = alignment_row(models, state, image[:n], seg[:n])
-        align[f"{net} pairs, one-hot"] = alignment_row(models, state, image[:n], onehot(seg[:n]))
+        align[f"{net} pairs, one-hot"] = alignment_row(models, state, image[:n], gan.dm_mask(seg[:n], "hard"))
     return {"run": run, "step": int(state.step), "n": n,
             "next_mask_iou": variety,
             "dm_alignment": align}

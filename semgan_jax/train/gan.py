@@ -160,7 +160,7 @@ def default_config():
         r1_dr=-1.0,                   # Dr's R1 weight when >= 0 (Dm keeps r1); -1 = r1 for both (reference)
         fake_mask="raw",              # G's mask as Dm sees it: 'raw' seg logits (reference) | 'softmax'
                                       # (2 softmax - 1; tanh for seg_dim 1) | 'hard' (one-hot in [-1, 1]
-                                      # forward, the softmax's gradient backward), see dm_fake_input
+                                      # forward, the softmax's gradient backward), see dm_mask
         dm_mismatch=0.0,              # > 0: Dm also learns to reject real images paired with another
                                       # example's real mask, at this weight (dm_loss); 0 = reference
         augment_dr="", augment_dm="", # DiffAugment policies for Dr's / Dm's inputs, e.g.
@@ -262,23 +262,27 @@ def _dm(models, params, spectral, x, net=None):
 FAKE_MASKS = ("raw", "softmax", "hard")
 
 
+def dm_mask(fake_seg, fake_mask: str):
+    """G's seg logits (N, H, W, seg_dim) as Dm sees them. Real masks enter Dm as one-hot maps in
+    [-1, 1]; `fake_mask` says how G's do: 'raw' as they are (the reference), 'softmax' as
+    2 softmax - 1 (tanh for a single channel), 'hard' as the one-hot map of their argmax (sign for
+    a single channel) with the softmax's gradient (straight-through), so that fake and real masks
+    share their values and only shape and placement tell them apart."""
+    if fake_mask == "raw":
+        return fake_seg
+    k = fake_seg.shape[-1]
+    if k == 1:
+        soft, hard = jnp.tanh(fake_seg), jnp.sign(fake_seg)
+    else:
+        soft = 2 * jax.nn.softmax(fake_seg, axis=-1) - 1
+        hard = 2 * jax.nn.one_hot(jnp.argmax(fake_seg, -1), k, dtype=fake_seg.dtype) - 1
+    return soft if fake_mask == "softmax" else soft + jax.lax.stop_gradient(hard - soft)
+
+
 def dm_fake_input(fake_img, fake_seg, fake_mask: str):
     """Dm's input for G's pair: (N, H, W, C + seg_dim), the image DETACHED (Dm's losses reach G
-    through the mask only). Real masks enter Dm as one-hot maps in [-1, 1]; `fake_mask` says how
-    G's seg logits do: 'raw' as they are (the reference), 'softmax' as 2 softmax - 1 (tanh for a
-    single channel), 'hard' as the one-hot map of their argmax (sign for a single channel) with
-    the softmax's gradient (straight-through), so that fake and real masks share their values and
-    only shape and placement tell them apart."""
-    if fake_mask == "raw":
-        mask = fake_seg
-    else:
-        soft = jnp.tanh(fake_seg) if fake_seg.shape[-1] == 1 else 2 * jax.nn.softmax(fake_seg, axis=-1) - 1
-        if fake_mask == "hard":
-            hard = (jnp.sign(fake_seg) if fake_seg.shape[-1] == 1
-                    else 2 * jax.nn.one_hot(jnp.argmax(fake_seg, -1), fake_seg.shape[-1], dtype=fake_seg.dtype) - 1)
-            soft = soft + jax.lax.stop_gradient(hard - soft)
-        mask = soft
-    return jnp.concatenate([jax.lax.stop_gradient(fake_img), mask], axis=-1)
+    through the mask only) and the mask as `dm_mask` gives it."""
+    return jnp.concatenate([jax.lax.stop_gradient(fake_img), dm_mask(fake_seg, fake_mask)], axis=-1)
 
 
 def mismatched_pairs(real_seg_in, image_channels: int):
