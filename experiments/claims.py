@@ -90,14 +90,27 @@ CONFIGS = {"gan": "experiments/synthetic_32.py", "encoder": "experiments/synthet
            "unet": "experiments/synthetic_32_unet.py"}
 METHODS = ("semgan", "unet")
 METHOD_NAMES = {"semgan": "SemanticGAN", "unet": "U-Net"}
+# The columns a run's evaluations fill (claims.json's `method`): the U-Net; SemanticGAN's encoder
+# alone (E(x), `--step 0`); encoder + the reference's 100-step test-time optimisation (MSE without
+# LPIPS weights, λ_encoder 10: infer.LAMBDA_ENCODER_WITHOUT_LPIPS); the same with the stage-1 Dr's
+# normalised features as the perceptual term (`--perceptual-net dr`: label-free, in LPIPS's place),
+# λ_encoder the same 10 so that only the perceptual term differs.
+COLUMNS = ("unet", "semgan_encoder", "semgan_optimised", "semgan_optimised_dr")
+COLUMN_NAMES = {"unet": "U-Net", "semgan_encoder": "SemanticGAN E(x)",
+                "semgan_optimised": "SemanticGAN E(x) + optimisation",
+                "semgan_optimised_dr": "SemanticGAN + optimisation, Dr perceptual"}
+SEMGAN_EVALS = {"semgan_optimised": ("", []), "semgan_encoder": ("_encoder", ["--step", "0"]),
+                "semgan_optimised_dr": ("_dr", ["--perceptual-net", "dr", "--lambda-encoder", "10"])}
+FLAT_COLUMNS = ("unet", "semgan_encoder", "semgan_optimised")  # claims.json "rows" (the issue's schema)
 SPLITS = ("test", "test_ood")
 SPLIT_NAMES = {"test": "in-domain (test)", "test_ood": "out-of-domain (test_ood)"}
 
 # Budget model (module docstring): minutes per process start-up, seconds per inverted image,
 # processes per (labels, seed) pair, and the training time's shares.
 STARTUP_MIN = 0.25
-INVERT_S_PER_IMAGE = 1.0
-PROCESSES_PER_PAIR = 7
+INVERT_S_PER_IMAGE = 0.6  # one optimised column (100 steps, batch 32; 31 s for 64 images measured)
+ENCODE_S_PER_IMAGE = 0.15  # the encoder-only column (9 s for 64)
+PROCESSES_PER_PAIR = 11  # stage 1, stage 2, 3 columns x 2 splits; U-Net training + 2 splits
 SHARES = {"gan": 0.50, "encoder": 0.25, "unet": 0.25}
 QUICK_BUDGETS = {"gan": 0.5, "encoder": 0.3, "unet": 0.3}
 # The warm-up (warmup_runs): minutes it takes with a cold compile cache, and the iterations that
@@ -106,13 +119,19 @@ QUICK_BUDGETS = {"gan": 0.5, "encoder": 0.3, "unet": 0.3}
 WARMUP_MIN = 12.0  # the plan printed up front (cold: 5.4 min measured, 13.3 with an earlier build); re-planned after
 WARMUP_ITERATIONS = {"stage1": 5, "stage2": 2, "train": 2}
 QUICK_LIMIT = 4
+EVAL_BATCH = 32  # images inverted together (vmap)
 
 
 # --------------------------------------------------------------------------- budgets
 
 def overhead_minutes(limit: int) -> float:
     """Estimated minutes per (labels, seed) pair outside the training budgets."""
-    return PROCESSES_PER_PAIR * STARTUP_MIN + len(SPLITS) * limit * INVERT_S_PER_IMAGE / 60
+    return PROCESSES_PER_PAIR * STARTUP_MIN + semgan_eval_minutes(limit)
+
+
+def semgan_eval_minutes(limit: int) -> float:
+    """Estimated minutes of SemanticGAN's evaluations of one run (both splits, every column)."""
+    return len(SPLITS) * limit * (2 * INVERT_S_PER_IMAGE + ENCODE_S_PER_IMAGE) / 60
 
 
 def plan_budgets(total_minutes: float, pairs: int, limit: int) -> dict[str, float]:
@@ -131,7 +150,7 @@ def plan_budgets(total_minutes: float, pairs: int, limit: int) -> dict[str, floa
 
 def estimated_minutes(budgets: dict[str, float], pairs: int, limit: int, methods=METHODS) -> float:
     """The sweep's expected wall time under the budget model."""
-    semgan = 4 * STARTUP_MIN + len(SPLITS) * limit * INVERT_S_PER_IMAGE / 60 + budgets["gan"] + budgets["encoder"]
+    semgan = 8 * STARTUP_MIN + semgan_eval_minutes(limit) + budgets["gan"] + budgets["encoder"]
     unet = 3 * STARTUP_MIN + budgets["unet"]
     return pairs * ((semgan if "semgan" in methods else 0.0) + (unet if "unet" in methods else 0.0))
 
@@ -165,6 +184,7 @@ class Step:
     workdir: Path | None = None
     budget: float | None = None
     split: str | None = None
+    column: str | None = None
     timeout_s: float = 3600.0
 
     @property
@@ -218,12 +238,14 @@ def semgan_run(out: Path, labels: int, seed: int, budgets: dict, limit: int) -> 
              done=r / "stage2.json", workdir=r / "stage2", budget=budgets["encoder"],
              timeout_s=60 * (budgets["encoder"] + 15)),
     ]
-    for split in SPLITS:
-        steps.append(Step(f"eval_{split}", [
-            "evaluate", "--checkpoint", str(r / "stage2"), "--split", split, "--limit", str(limit),
-            "--batch", str(min(8, limit)), "--seed", str(seed), "--out", str(r / f"eval_{split}.json"),
-            "--grid", str(r / f"eval_{split}.png")], done=r / f"eval_{split}.json", split=split,
-            timeout_s=600 + 10 * limit * INVERT_S_PER_IMAGE))
+    for column, (suffix, extra) in SEMGAN_EVALS.items():
+        for split in SPLITS:
+            name = f"eval_{split}{suffix}"
+            steps.append(Step(name, [
+                "evaluate", "--checkpoint", str(r / "stage2"), "--split", split, "--limit", str(limit),
+                "--batch", str(min(EVAL_BATCH, limit)), "--seed", str(seed), *extra,
+                "--out", str(r / f"{name}.json"), "--grid", str(r / f"{name}.png")],
+                done=r / f"{name}.json", split=split, column=column, timeout_s=600 + 10 * limit * INVERT_S_PER_IMAGE))
     return Run("semgan", labels, seed, r, steps)
 
 
@@ -238,7 +260,7 @@ def unet_run(out: Path, labels: int, seed: int, budgets: dict, limit: int) -> Ru
         steps.append(Step(f"eval_{split}", [
             "evaluate-supervised", "--workdir", str(r / "train"), "--split", split, "--limit", str(limit),
             "--batch", str(min(32, limit)), "--out", str(r / f"eval_{split}.json"), "--grid", str(min(16, limit))],
-            done=r / f"eval_{split}.json", split=split, timeout_s=900))
+            done=r / f"eval_{split}.json", split=split, column="unet", timeout_s=900))
     return Run("unet", labels, seed, r, steps)
 
 
@@ -353,16 +375,40 @@ def collect(run: Run, settings: dict, failure: dict | None) -> dict:
             train[step.name] = {"iterations": iterations_reached(step.workdir),
                                 "iterations_configured": iterations_configured(step.workdir),
                                 "minutes": marker.get("minutes"), "budget_minutes": step.budget}
-    splits = {s.split: split_scores(s.done) for s in run.steps if s.split and s.done.is_file()}
+    columns: dict[str, dict] = {}
+    for step in run.steps:
+        if step.split and step.done.is_file():
+            columns.setdefault(step.column, {})[step.split] = split_scores(step.done)
     minutes = [t["minutes"] for t in train.values() if t["minutes"] is not None]
+    main = "semgan_optimised" if run.method == "semgan" else "unet"
     return {"method": run.method, "labels": run.labels, "seed": run.seed, "dir": str(run.dir),
             "status": "failed" if failure else "ok", "failure": failure, "train": train,
-            "train_minutes": round(sum(minutes), 3) if minutes else None, "splits": splits, "settings": settings}
+            "train_minutes": round(sum(minutes), 3) if minutes else None, "splits": columns.get(main, {}),
+            "columns": columns, "stage1": stage1_oracle(run.dir / "stage1") if run.method == "semgan" else None,
+            "settings": settings}
+
+
+def stage1_oracle(workdir: Path) -> dict | None:
+    """The last oracle metrics stage 1 logged (metrics.jsonl): mask agreement and oracle Fréchet
+    distance of G and G_ema (semgan_jax/oracle.py), with the step they were taken at."""
+    try:
+        lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if "oracle_agreement_ema" in row:
+            return {k: row.get(k) for k in ("step", "oracle_agreement", "oracle_agreement_ema", "oracle_ofd",
+                                            "oracle_ofd_ema")}
+    return None
 
 
 def execute_run(run: Run, settings: dict, runner=run_subprocess, say=print) -> dict:
-    """Run the steps not done yet, in order; returns (and writes) the run's record. A step that
-    runs invalidates the outputs of the steps after it."""
+    """Run the steps not done yet, in order; returns (and writes) the run's record. A training
+    step that runs invalidates the outputs of the steps after it."""
     previous = read_json(run.result_path)
     if previous and previous.get("status") == "ok":
         changed = {k: (previous.get("settings", {}).get(k), v) for k, v in settings.items()
@@ -377,9 +423,10 @@ def execute_run(run: Run, settings: dict, runner=run_subprocess, say=print) -> d
         if step.done.is_file():
             say(f"  {step.name}: done already")
             continue
-        for later in run.steps[i + 1:]:
-            if later.done.is_file():
-                later.done.unlink()
+        if step.is_training:  # later steps read what it writes; evaluations are independent
+            for later in run.steps[i + 1:]:
+                if later.done.is_file():
+                    later.done.unlink()
         argv = step.command()
         log = run.dir / "logs" / f"{step.name}.log"
         budget = f" (max {step.budget:g} min)" if step.budget is not None else ""
@@ -427,16 +474,38 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+def record_columns(record: dict) -> dict:
+    """{column: {split: scores}} of a run record (records written before the columns existed hold
+    one column, under `splits`)."""
+    if "columns" in record:
+        return record["columns"]
+    return {"semgan_optimised" if record["method"] == "semgan" else "unet": record.get("splits") or {}}
+
+
+def flat_rows(records: list[dict], columns=FLAT_COLUMNS) -> list[dict]:
+    """[{method, labels, seed, split, miou}] over every scored (column, split) of the records."""
+    rows = []
+    for r in records:
+        for column, splits in record_columns(r).items():
+            if column in columns:
+                rows += [{"method": column, "labels": r["labels"], "seed": r["seed"], "split": split,
+                          "miou": scores["miou"]} for split, scores in splits.items()
+                         if scores and scores.get("miou") is not None]
+    return sorted(rows, key=lambda x: (x["labels"], COLUMNS.index(x["method"]), x["split"], x["seed"]))
+
+
 def summarize(records: list[dict]) -> list[dict]:
-    """One row per (labels, method, split) with mean / std over the seeds that have a score."""
+    """One row per (labels, method, split) with mean / std over the seeds that have a score;
+    `method` is a column of COLUMNS."""
     groups: dict[tuple, list] = {}
     for r in records:
-        for split, scores in (r.get("splits") or {}).items():
-            if scores and scores.get("miou") is not None:
-                groups.setdefault((r["labels"], r["method"], split), []).append((r["seed"], scores))
+        for column, splits in record_columns(r).items():
+            for split, scores in splits.items():
+                if scores and scores.get("miou") is not None:
+                    groups.setdefault((r["labels"], column, split), []).append((r["seed"], scores))
     def order(key):
         labels, method, split = key
-        return labels, METHODS.index(method) if method in METHODS else len(METHODS), split
+        return labels, COLUMNS.index(method) if method in COLUMNS else len(COLUMNS), split
 
     rows = []
     for (labels, method, split), items in sorted(groups.items(), key=lambda kv: order(kv[0])):
@@ -466,8 +535,9 @@ def fmt_stat(row: dict | None, key: str = "miou", seeds: int = 1) -> str:
     return s
 
 
-def delta(rows: list[dict], labels: int, split: str, key: str = "miou") -> float | None:
-    a, b = lookup(rows, labels, "semgan", split), lookup(rows, labels, "unet", split)
+def delta(rows: list[dict], labels: int, split: str, key: str = "miou", column: str = "semgan_optimised") -> float | None:
+    """`column`'s mean minus the U-Net's (None when either is missing)."""
+    a, b = lookup(rows, labels, column, split), lookup(rows, labels, "unet", split)
     if a is None or b is None or a[key]["mean"] is None or b[key]["mean"] is None:
         return None
     return a[key]["mean"] - b[key]["mean"]
@@ -486,36 +556,55 @@ def markdown(records: list[dict], rows: list[dict], settings: dict) -> str:
         + ("Mean ± sample standard deviation over seeds. " if len(seeds) > 1 else "One seed: no spread. ")
         + "Δ = SemanticGAN − U-Net (positive favours SemanticGAN). Written by experiments/claims.py "
         f"at {settings.get('updated', '')}.", ""]
+    sg = [c for c in COLUMNS if c != "unet"]
     for key, title in (("miou", "mIoU (dataset-level, 6 classes)"), ("pixel_accuracy", "Pixel accuracy")):
-        lines += [f"## {title}", "",
-                  "| labels | SemanticGAN test | U-Net test | Δ test | SemanticGAN test_ood | U-Net test_ood | Δ test_ood |",
-                  "|---|---|---|---|---|---|---|"]
-        for n in labels:
-            cells = []
-            for split in SPLITS:
-                d = delta(rows, n, split, key)
-                cells += [fmt_stat(lookup(rows, n, "semgan", split), key, len(seeds)),
-                          fmt_stat(lookup(rows, n, "unet", split), key, len(seeds)),
-                          "–" if d is None else f"{d:+.3f}"]
-            lines.append(f"| {n} | " + " | ".join(cells) + " |")
-        lines.append("")
-    lines += ["## The claims", ""]
-    for claim, split in (("(a) few labels, in-domain", "test"), ("(b) out-of-domain", "test_ood")):
-        ahead = [n for n in labels if (delta(rows, n, split) or 0) > 0]
-        scored = [n for n in labels if delta(rows, n, split) is not None]
-        where = f" ({', '.join(map(str, ahead))} labels)" if ahead else ""
-        lines.append(f"- {claim} (`{split}`): SemanticGAN's mean mIoU is higher than the U-Net's at {len(ahead)} of "
-                     f"the {len(scored)} label counts scored{where}.")
+        lines += [f"## {title}", ""]
+        for split in SPLITS:
+            lines += [f"`{split}`:", "",
+                      "| labels | " + " | ".join(COLUMN_NAMES[c] for c in COLUMNS)
+                      + " | Δ E(x) | Δ optimised | Δ optimised, Dr |",
+                      "|---|" + "---|" * (len(COLUMNS) + 3)]
+            for n in labels:
+                cells = [fmt_stat(lookup(rows, n, c, split), key, len(seeds)) for c in COLUMNS]
+                for c in sg:
+                    d = delta(rows, n, split, key, c)
+                    cells.append("–" if d is None else f"{d:+.3f}")
+                lines.append(f"| {n} | " + " | ".join(cells) + " |")
+            lines.append("")
+    lines += ["## The claims (the issue's targets, on mean mIoU)", ""]
+    for n in labels[:1]:
+        ds = {c: delta(rows, n, "test", column=c) for c in ("semgan_encoder", "semgan_optimised")}
+        best = max((d for d in ds.values() if d is not None), default=None)
+        lines.append(f"- (a) fewest labels ({n}), in-domain: SemanticGAN (better column) − U-Net = "
+                     + ("–" if best is None else f"{best:+.3f}: target ≥ 0 {'met' if best >= 0 else 'missed'}") + ".")
+    for n in labels:
+        ds = [d for d in (delta(rows, n, "test_ood", column=c) for c in ("semgan_encoder", "semgan_optimised"))
+              if d is not None]
+        best = max(ds) if ds else None
+        lines.append(f"- (b) out of domain, {n} labels: SemanticGAN (better column) − U-Net = "
+                     + ("–" if best is None else f"{best:+.3f}: target ≥ +0.10 {'met' if best >= 0.10 else 'missed'}") + ".")
+    for n in labels:
+        for split in SPLITS:
+            a, b = lookup(rows, n, "semgan_optimised", split), lookup(rows, n, "semgan_encoder", split)
+            if a and b and a["miou"]["mean"] is not None and b["miou"]["mean"] is not None:
+                d = a["miou"]["mean"] - b["miou"]["mean"]
+                lines.append(f"- (c) optimisation − encoder only, {n} labels, `{split}`: {d:+.3f}: target ≥ 0 "
+                             f"{'met' if d >= 0 else 'missed'}.")
     if len(seeds) < 2:
         lines.append("- One seed per cell: differences of a few points are within run-to-run noise.")
     lines += ["", "## Training reached", "",
-              "| method | labels | seed | status | iterations (reached / configured) | train minutes |",
-              "|---|---|---|---|---|---|"]
+              "Stage 1's oracle metrics (semgan_jax/oracle.py), last logged, for G_ema: mask agreement (mIoU of "
+              "G's mask against the oracle's mask of G's image) and oracle Fréchet distance (to the test split).", "",
+              "| method | labels | seed | status | iterations (reached / configured) | train minutes "
+              "| agreement G_ema | oracle FD G_ema |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["seed"], r["labels"], r["method"])):
         its = ", ".join(f"{name} {t['iterations']} / {t['iterations_configured']}" for name, t in r["train"].items())
         mins = "–" if r.get("train_minutes") is None else f"{r['train_minutes']:.1f}"
+        oracle = r.get("stage1") or {}
+        cells = [("–" if oracle.get(k) is None else f"{oracle[k]:.3f}") for k in ("oracle_agreement_ema", "oracle_ofd_ema")]
         lines.append(f"| {METHOD_NAMES.get(r['method'], r['method'])} | {r['labels']} | {r['seed']} | {r['status']} "
-                     f"| {its or '–'} | {mins} |")
+                     f"| {its or '–'} | {mins} | " + " | ".join(cells) + " |")
     failed = [r for r in records if r["status"] != "ok"]
     if failed:
         lines += ["", "## Failures", ""]
@@ -529,18 +618,20 @@ def markdown(records: list[dict], rows: list[dict], settings: dict) -> str:
 
 # --------------------------------------------------------------------------- the plot
 
-COLORS = {"semgan": (31, 119, 180), "unet": (214, 39, 40)}
-MARKERS = {"semgan": "circle", "unet": "square"}
+COLORS = {"semgan_encoder": (44, 160, 44), "semgan_optimised": (31, 119, 180), "unet": (214, 39, 40)}
+MARKERS = {"semgan_encoder": "circle", "semgan_optimised": "circle", "unet": "square"}
+PLOT_NAMES = {"semgan_encoder": "SemanticGAN E(x)", "semgan_optimised": "SemanticGAN optimised", "unet": "U-Net"}
 
 
 def plot_claims(path, rows: list[dict], labels, subtitle: str = "") -> None:
-    """mIoU against labeled images: both methods, in- (solid) and out-of-domain (dashed)."""
+    """mIoU against labeled images: U-Net and SemanticGAN's two main columns, in- (solid) and
+    out-of-domain (dashed), error bars the seeds' standard deviation."""
     series = []
-    for method in METHODS:
+    for method in COLORS:
         for split in SPLITS:
             pts = [(n, lookup(rows, n, method, split)) for n in labels]
             pts = [(n, r) for n, r in pts if r is not None and r["miou"]["mean"] is not None]
-            series.append({"label": f"{METHOD_NAMES[method]}, {split}", "x": [n for n, _ in pts],
+            series.append({"label": f"{PLOT_NAMES[method]}, {split}", "x": [n for n, _ in pts],
                            "y": [r["miou"]["mean"] for _, r in pts], "err": [r["miou"]["std"] for _, r in pts],
                            "color": COLORS[method], "dashed": split != "test", "marker": MARKERS[method]})
     plot_lines(path, series, title="SemanticGAN vs U-Net, synthetic faces 32 px" + (f" ({subtitle})" if subtitle else ""),
@@ -551,10 +642,12 @@ def write_reports(out: Path, records: list[dict], settings: dict) -> dict:
     """OUT/claims.json, claims.md and claims.png from the run records."""
     rows = summarize(records)
     settings = dict(settings, updated=datetime.datetime.now().isoformat(timespec="seconds"))
-    deltas = [{"labels": n, "split": split, "miou_semgan_minus_unet": delta(rows, n, split),
-               "pixel_accuracy_semgan_minus_unet": delta(rows, n, split, "pixel_accuracy")}
-              for n in settings["labels"] for split in SPLITS]
-    write_json(out / "claims.json", {"settings": settings, "summary": rows, "deltas": deltas, "runs": records})
+    deltas = [{"labels": n, "split": split, "method": c, "miou_minus_unet": delta(rows, n, split, column=c),
+               "pixel_accuracy_minus_unet": delta(rows, n, split, "pixel_accuracy", c)}
+              for n in settings["labels"] for split in SPLITS for c in COLUMNS if c != "unet"]
+    write_json(out / "claims.json", {"rows": flat_rows(records),
+                                     "rows_dr_perceptual": flat_rows(records, ("semgan_optimised_dr",)),
+                                     "settings": settings, "summary": rows, "deltas": deltas, "runs": records})
     (out / "claims.md").write_text(markdown(records, rows, settings))
     seeds = settings["seeds"]
     plot_claims(out / "claims.png", rows, settings["labels"],
@@ -628,9 +721,10 @@ def main(argv=None, runner=run_subprocess) -> int:
     settings = {"labels": args.labels, "seeds": args.seeds, "methods": args.methods, "limit": args.limit,
                 "budgets": budgets, "budget_minutes": None if args.quick else args.budget_minutes,
                 "quick": args.quick, "splits": list(SPLITS), "configs": CONFIGS}
-    if args.report_only:
-        records = [read_json(r.result_path) for r in runs]
-        records = [r for r in records if r]
+    if args.report_only:  # records rebuilt from the files the steps left (columns added since included)
+        previous = {r.result_path: read_json(r.result_path) for r in runs}
+        records = [collect(r, p.get("settings", {}), p.get("failure")) for r, p in
+                   ((r, previous[r.result_path]) for r in runs) if p]
         write_reports(out, records, settings)
         print(f"{len(records)} of {len(runs)} runs have results -> {out}/claims.{{json,md,png}}")
         return 0

@@ -36,9 +36,10 @@ claims = _load_claims()
 # --------------------------------------------------------------------------- budgets
 
 def test_default_budgets_fit_the_sweep_into_an_hour():
-    assert claims.overhead_minutes(64) == pytest.approx(7 * 0.25 + 2 * 64 * 1.0 / 60)
+    # 11 processes per pair; evaluation: two optimised columns and the encoder-only one, both splits
+    assert claims.overhead_minutes(64) == pytest.approx(11 * 0.25 + 2 * 64 * (2 * 0.6 + 0.15) / 60)
     budgets = claims.plan_budgets(60, 3, 64)
-    assert budgets == {"gan": 8.0, "encoder": 4.0, "unet": 4.0}
+    assert budgets == {"gan": 7.1, "encoder": 3.5, "unet": 3.5}
     assert 55 <= claims.estimated_minutes(budgets, 3, 64) <= 60
     args = claims.parse_args([])
     assert (args.labels, args.seeds, args.limit, args.methods) == ([8, 32, 128], [0], 64, ["semgan", "unet"])
@@ -56,9 +57,9 @@ def test_budget_minutes_scale_the_per_run_budgets():
     # three seeds in three hours: the same budget per run as one seed in one hour
     assert claims.resolve_budgets(claims.parse_args(["--seeds", "0,1,2", "--budget-minutes", "180",
                                                      "--no-warmup"])) == base
-    three_seeds = claims.resolve_budgets(claims.parse_args(["--seeds", "0,1,2"]))
+    three_seeds = claims.resolve_budgets(claims.parse_args(["--seeds", "0,1,2", "--budget-minutes", "150"]))
     assert all(three_seeds[k] < base[k] for k in base)
-    assert claims.estimated_minutes(three_seeds, 9, 64) <= 60
+    assert claims.estimated_minutes(three_seeds, 9, 64) + claims.WARMUP_MIN <= 150
     with pytest.raises(ValueError, match="budget-minutes"):
         claims.plan_budgets(10, 3, 64)
     explicit = claims.resolve_budgets(claims.parse_args(["--gan-minutes", "2.5", "--no-warmup"]))
@@ -69,24 +70,29 @@ def test_budget_minutes_scale_the_per_run_budgets():
 
 # --------------------------------------------------------------------------- aggregation
 
-def record(method, labels, seed, test=None, ood=None, status="ok"):
-    splits = {}
-    for split, miou in (("test", test), ("test_ood", ood)):
-        if miou is not None:
-            splits[split] = {"miou": miou, "pixel_accuracy": 0.5 + miou / 2, "mdice": miou, "iou": {},
-                             "num_images": 64}
+def record(method, labels, seed, test=None, ood=None, status="ok", encoder=None):
+    """A run record; SemanticGAN's optimised column gets test / ood, its encoder-only column
+    `encoder` = (test, ood) when given."""
+    def splits(t, o):
+        return {split: {"miou": miou, "pixel_accuracy": 0.5 + miou / 2, "mdice": miou, "iou": {}, "num_images": 64}
+                for split, miou in (("test", t), ("test_ood", o)) if miou is not None}
+    main = splits(test, ood)
+    columns = ({"semgan_optimised": main} | ({"semgan_encoder": splits(*encoder)} if encoder else {})
+               if method == "semgan" else {"unet": main})
     return {"method": method, "labels": labels, "seed": seed, "status": status,
             "failure": {"step": "eval_test_ood", "returncode": 1, "log": "x.log"} if status != "ok" else None,
             "train": {"train": {"iterations": 100, "iterations_configured": 3000}}, "train_minutes": 1.0,
-            "splits": splits}
+            "splits": main, "columns": columns,
+            "stage1": {"step": 100, "oracle_agreement_ema": 0.41, "oracle_ofd_ema": 0.3} if method == "semgan" else None}
 
 
 def test_summary_mean_std_and_markdown_table():
-    records = [record("semgan", 8, s, t, o) for s, t, o in ((0, 0.4, 0.30), (1, 0.5, 0.35), (2, 0.6, 0.40))]
+    records = [record("semgan", 8, s, t, o, encoder=(t - 0.1, o + 0.1))
+               for s, t, o in ((0, 0.4, 0.30), (1, 0.5, 0.35), (2, 0.6, 0.40))]
     records += [record("unet", 8, 0, 0.45, 0.2), record("unet", 8, 1, 0.55, 0.1),
                 record("unet", 8, 2, 0.65, None, status="failed")]
     rows = claims.summarize(records)
-    sg = claims.lookup(rows, 8, "semgan", "test")
+    sg = claims.lookup(rows, 8, "semgan_optimised", "test")
     assert sg["n"] == 3 and sg["seeds"] == [0, 1, 2]
     assert sg["miou"]["mean"] == pytest.approx(0.5) and sg["miou"]["std"] == pytest.approx(0.1)  # sample std
     un_ood = claims.lookup(rows, 8, "unet", "test_ood")
@@ -96,16 +102,31 @@ def test_summary_mean_std_and_markdown_table():
     assert claims.fmt_stat(None) == "–"
     assert claims.delta(rows, 8, "test") == pytest.approx(0.5 - 0.55)
     assert claims.delta(rows, 8, "test_ood") == pytest.approx(0.35 - 0.15)
+    assert claims.delta(rows, 8, "test", column="semgan_encoder") == pytest.approx(0.4 - 0.55)
+    flat = claims.flat_rows(records)  # claims.json's "rows": one per (column, labels, seed, split)
+    assert len(flat) == 6 + 6 + 5 and {r["method"] for r in flat} == {"unet", "semgan_encoder", "semgan_optimised"}
+    one_row = [r for r in flat if (r["method"], r["seed"], r["split"]) == ("semgan_encoder", 1, "test_ood")]
+    assert len(one_row) == 1 and one_row[0]["labels"] == 8 and one_row[0]["miou"] == pytest.approx(0.45)
+    assert all(set(r) == {"method", "labels", "seed", "split", "miou"} for r in flat)
 
     settings = {"labels": [8, 32], "seeds": [0, 1, 2], "limit": 64, "budgets": {"gan": 8, "encoder": 4, "unet": 4}}
     md = claims.markdown(records, rows, settings)
-    assert "| 8 | 0.500 ± 0.100 | 0.550 ± 0.100 | -0.050 | 0.350 ± 0.050 | 0.150 ± 0.071 (n=2) | +0.200 |" in md
-    assert "| 32 | – | – | – | – | – | – |" in md
-    assert "at 0 of the 1 label counts scored" in md and "at 1 of the 1 label counts scored (8 labels)" in md
+    # columns: U-Net | E(x) | optimised | optimised, Dr | Δ E(x) | Δ optimised | Δ optimised, Dr
+    assert "| 8 | 0.550 ± 0.100 | 0.400 ± 0.100 | 0.500 ± 0.100 | – | -0.150 | -0.050 | – |" in md
+    assert "| 8 | 0.150 ± 0.071 (n=2) | 0.450 ± 0.050 | 0.350 ± 0.050 | – | +0.300 | +0.200 | – |" in md
+    assert "| 32 | – | – | – | – | – | – | – |" in md
+    assert "fewest labels (8), in-domain: SemanticGAN (better column) − U-Net = -0.050: target ≥ 0 missed" in md
+    assert "out of domain, 8 labels: SemanticGAN (better column) − U-Net = +0.300: target ≥ +0.10 met" in md
+    assert "optimisation − encoder only, 8 labels, `test`: +0.100: target ≥ 0 met" in md
+    assert "optimisation − encoder only, 8 labels, `test_ood`: -0.100: target ≥ 0 missed" in md
+    assert "| SemanticGAN | 8 | 0 | ok | train 100 / 3000 | 1.0 | 0.410 | 0.300 |" in md
     assert "## Failures" in md and "step `eval_test_ood` exited 1" in md
 
     one = claims.summarize([record("semgan", 8, 0, 0.42, 0.3)])
-    assert claims.fmt_stat(claims.lookup(one, 8, "semgan", "test")) == "0.420"  # one seed: no ±
+    assert claims.fmt_stat(claims.lookup(one, 8, "semgan_optimised", "test")) == "0.420"  # one seed: no ±
+    legacy = dict(record("semgan", 8, 0, 0.42, 0.3))
+    del legacy["columns"]  # a record written before the columns: its splits are the optimised column
+    assert claims.summarize([legacy]) == one
 
 
 # --------------------------------------------------------------------------- the plot
@@ -152,7 +173,9 @@ class FakeSemgan:
         else:
             out = Path(argv[argv.index("--out") + 1])
             k = int(argv[argv.index("--limit") + 1])
-            miou = 0.6 if argv[0] == "evaluate" else 0.5
+            # SemanticGAN's columns: optimised 0.6, encoder only (--step 0) 0.55, Dr perceptual 0.58
+            miou = (0.5 if argv[0] != "evaluate" else 0.55 if "--step" in argv
+                    else 0.58 if "--perceptual-net" in argv else 0.6)
             out.write_text(json.dumps({"num_images": k, "class_names": ["bg", "fg"],
                                        "dataset": {"iou": [0.9, miou], "miou": miou, "mdice": miou + 0.1,
                                                    "pixel_accuracy": 0.9},
@@ -169,7 +192,8 @@ def test_sweep_skips_done_runs_resumes_cut_off_ones_and_records_failures(tmp_pat
     out = tmp_path / "claims"
     fake = FakeSemgan(fail={("labels32_seed0", "evaluate", "test_ood")})
     assert claims.main(sweep_args(out), runner=fake) == 1  # one run failed, the sweep went on
-    assert len(fake.calls) == 2 * (4 + 3)
+    # SemanticGAN: 2 trainings + 3 columns x 2 splits; U-Net 1 + 2; labels32's stops at its 4th
+    assert len(fake.calls) == (8 + 3) + (4 + 3)
     assert not any("--resume" in c for c in fake.calls)
     result = json.loads((out / "claims.json").read_text())
     runs = {(r["method"], r["labels"]): r for r in result["runs"]}
@@ -180,13 +204,19 @@ def test_sweep_skips_done_runs_resumes_cut_off_ones_and_records_failures(tmp_pat
     assert set(bad["splits"]) == {"test"}  # what it did score is kept
     ok = runs[("semgan", 8)]
     assert ok["status"] == "ok" and ok["splits"]["test_ood"]["miou"] == 0.6
+    assert {c: v["test"]["miou"] for c, v in ok["columns"].items()} == {
+        "semgan_optimised": 0.6, "semgan_encoder": 0.55, "semgan_optimised_dr": 0.58}
     assert ok["train"]["stage1"] == {"iterations": 120, "iterations_configured": 1500,
                                      "minutes": ok["train"]["stage1"]["minutes"], "budget_minutes": 1.0}
     assert runs[("unet", 32)]["splits"]["test"]["iou"] == {"bg": 0.9, "fg": 0.5}
     assert result["settings"]["budgets"] == {"gan": 1.0, "encoder": 0.5, "unet": 0.5}
     md = (out / "claims.md").read_text()
-    assert "| 8 | 0.600 | 0.500 | +0.100 | 0.600 | 0.500 | +0.100 |" in md
-    assert "| 32 | 0.600 | 0.500 | +0.100 | – | 0.500 | – |" in md and "## Failures" in md
+    assert "| 8 | 0.500 | 0.550 | 0.600 | 0.580 | +0.050 | +0.100 | +0.080 |" in md
+    assert "| 32 | 0.500 | – | 0.600 | – | – | +0.100 | – |" in md and "## Failures" in md  # test
+    assert "| 32 | 0.500 | – | – | – | – | – | – |" in md  # test_ood: failed before any column scored it
+    flat = result["rows"]
+    assert len(flat) == 2 * 2 + 2 * 2 + 1 and {r["method"] for r in flat} == set(claims.FLAT_COLUMNS)
+    assert len(result["rows_dr_perceptual"]) == 2
     assert Image.open(out / "claims.png").size == (800, 500)
     printed = capsys.readouterr().out
     assert "[1/4" in printed and "FAILED (exit 1)" in printed and "stage1 done in" in printed
@@ -195,7 +225,10 @@ def test_sweep_skips_done_runs_resumes_cut_off_ones_and_records_failures(tmp_pat
     fake2 = FakeSemgan()
     assert claims.main(sweep_args(out), runner=fake2) == 0
     assert [c[:1] + c[c.index("--split") + 1:c.index("--split") + 2] for c in fake2.calls] == [
+        ["evaluate", "test_ood"], ["evaluate", "test"], ["evaluate", "test_ood"], ["evaluate", "test"],
         ["evaluate", "test_ood"]]
+    assert ["--step", "0"] == fake2.calls[1][fake2.calls[1].index("--step"):][:2]
+    assert "dr" == fake2.calls[3][fake2.calls[3].index("--perceptual-net") + 1]
     assert "labels32_seed0" in fake2.calls[0][fake2.calls[0].index("--checkpoint") + 1]
     assert all(r["status"] == "ok" for r in json.loads((out / "claims.json").read_text())["runs"])
 
@@ -205,7 +238,7 @@ def test_sweep_skips_done_runs_resumes_cut_off_ones_and_records_failures(tmp_pat
     (run / "stage1.json").unlink()
     fake3 = FakeSemgan()
     assert claims.main(sweep_args(out), runner=fake3) == 0
-    assert [c[0] for c in fake3.calls] == ["train-gan", "train-encoder", "evaluate", "evaluate"]
+    assert [c[0] for c in fake3.calls] == ["train-gan", "train-encoder"] + ["evaluate"] * 6
     for c in fake3.calls[:2]:
         assert c[c.index("--workdir") + 2] == "--resume"
     assert (run / "stage2.json").is_file() and (run / "eval_test_ood.json").is_file()
@@ -219,12 +252,12 @@ def test_warmup_compiles_every_command_once_before_the_sweep(tmp_path):
     args = [a for a in sweep_args(out) if a != "--no-warmup"]
     fake = FakeSemgan()
     assert claims.main(args, runner=fake) == 0
-    warm, sweep = fake.calls[:5], fake.calls[5:]
-    assert len(sweep) == 2 * (4 + 3) and all(str(out / "warmup") not in " ".join(c) for c in sweep)
-    assert [c[0] for c in warm] == ["train-gan", "train-encoder", "evaluate", "train-supervised",
-                                    "evaluate-supervised"]
+    warm, sweep = fake.calls[:7], fake.calls[7:]
+    assert len(sweep) == 2 * (8 + 3) and all(str(out / "warmup") not in " ".join(c) for c in sweep)
+    assert [c[0] for c in warm] == ["train-gan", "train-encoder", "evaluate", "evaluate", "evaluate",
+                                    "train-supervised", "evaluate-supervised"]
     assert all(str(out / "warmup" / m / "labels8_seed0") in " ".join(c)
-               for c, m in zip(warm, ["semgan"] * 3 + ["unet"] * 2))
+               for c, m in zip(warm, ["semgan"] * 5 + ["unet"] * 2))
     iterations = {c[0]: c[-1] for c in warm if c[0].startswith("train-")}
     assert iterations == {"train-gan": "--config.train.iterations=5", "train-encoder": "--config.train.iterations=2",
                           "train-supervised": "--config.train.iterations=2"}
@@ -235,7 +268,8 @@ def test_warmup_compiles_every_command_once_before_the_sweep(tmp_path):
     (out / "semgan" / "labels8_seed0" / "eval_test_ood.json").unlink()
     fake2 = FakeSemgan()
     assert claims.main(args, runner=fake2) == 0
-    assert [c[0] for c in fake2.calls] == ["evaluate"]  # the warm-up is done already
+    assert [c[0] for c in fake2.calls] == ["evaluate"]  # the warm-up is done already; evaluations
+    # do not invalidate each other (only a training step invalidates what comes after it)
 
 
 # --------------------------------------------------------------------------- the command lines
@@ -305,19 +339,19 @@ def test_budgets_are_replanned_from_the_measured_warmup(tmp_path, monkeypatch):
 
     def slow_warmup(argv, log_path, timeout_s):
         if "warmup" in " ".join(argv):
-            now[0] += 5 * 60.0  # five warm-up commands, 25 minutes
+            now[0] += 5 * 60.0  # seven warm-up commands, 35 minutes
         return fake(argv, log_path, timeout_s)
 
     out = tmp_path / "claims"
     args = ["--labels", "8,32", "--limit", "4", "--budget-minutes", "60", "--out", str(out)]
     assert claims.main(args, runner=slow_warmup) == 0
     planned_up_front = claims.plan_budgets(60 - claims.WARMUP_MIN, 2, 4)
-    replanned = claims.plan_budgets(60 - 25, 2, 4)
+    replanned = claims.plan_budgets(60 - 35, 2, 4)
     assert replanned["gan"] < planned_up_front["gan"]
     sweep = [c for c in fake.calls if "warmup" not in " ".join(c)]
     limits = {(c[0], a) for c in sweep for a in c if a.startswith("--config.log.max_minutes=")}
     assert limits == {(cmd, f"--config.log.max_minutes={replanned[k]:g}")
                       for cmd, k in (("train-gan", "gan"), ("train-encoder", "encoder"), ("train-supervised", "unet"))}
     settings = json.loads((out / "claims.json").read_text())["settings"]
-    assert settings["budgets"] == replanned and settings["warmup_minutes"] == 25.0
-    assert "planned after a 25-min compile warm-up" in (out / "claims.md").read_text()
+    assert settings["budgets"] == replanned and settings["warmup_minutes"] == 35.0
+    assert "planned after a 35-min compile warm-up" in (out / "claims.md").read_text()
