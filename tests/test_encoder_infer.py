@@ -116,6 +116,37 @@ def test_encoder_step_lowers_both_losses_on_a_fixed_batch(runs):
     assert int(state.step) == 12
 
 
+def test_start_from_latent_avg_adds_g_mean_w_that_no_update_moves(runs):
+    """encoder.start_from_latent_avg (pSp): E(x) = E's heads + latent_avg, set at initialisation
+    to G_ema's mean w; its gradient is zero, so both optimisers leave it where it is."""
+    s1, _, s1_state = stage2.load_stage1(runs / "stage1")
+    on = stage2.build_models(s1.model, tiny_encoder_config(runs / "stage1", **{"encoder.start_from_latent_avg": True}))
+    off = stage2.build_models(s1.model, tiny_encoder_config(runs / "stage1"))
+    state = stage2.init_state(on, jax.random.PRNGKey(0), s1_state.g_ema)
+    avg = np.asarray(state.params["latent_avg"])
+    # an independent estimate of G's mean w, from other z: equal within sampling error
+    z = jax.random.normal(jax.random.PRNGKey(7), (20_000, s1.model.style_dim))
+    w = np.asarray(on.g.apply({"params": s1_state.g_ema}, z, method=type(on.g).get_latent))
+    assert avg.shape == (s1.model.style_dim,) and np.abs(avg).max() > 0.1
+    np.testing.assert_allclose(avg, w.mean(0), atol=5 * float(w.std(0).max()) / np.sqrt(10_000))
+    assert np.all(np.asarray(stage2.init_state(on, jax.random.PRNGKey(0)).params["latent_avg"]) == 0)  # template
+
+    x = fixed_batch()["image"]
+    rest = {k: v for k, v in state.params.items() if k != "latent_avg"}
+    w_on = on.e.apply(stage2.encoder_variables(state.params, state.batch_stats), x)
+    w_off = off.e.apply(stage2.encoder_variables(rest, state.batch_stats), x)
+    np.testing.assert_allclose(w_on, w_off + avg, rtol=1e-6, atol=1e-6)
+
+    loss = lambda p: jnp.sum(on.e.apply(stage2.encoder_variables(p, state.batch_stats), x) ** 2)  # noqa: E731
+    grads = jax.grad(loss)(state.params)
+    assert np.all(np.asarray(grads["latent_avg"]) == 0) and float(jnp.abs(grads["fpn"]["conv1"]["weight"]).max()) > 0
+    for tx, opt, slow in ((on.tx_unlabel, state.opt_unlabel, state.slow_unlabel),
+                          (on.tx_label, state.opt_label, state.slow_label)):
+        updates, _ = tx.update(grads, opt, stage2._opt_params(on, state.params, slow))
+        fast = updates.fast if on.ranger else updates
+        assert np.all(np.asarray(fast["latent_avg"]) == 0)
+
+
 @pytest.fixture(scope="module")
 def inverter(runs):
     return infer.load_inverter(runs / "stage2", use_lpips="off")

@@ -10,6 +10,12 @@ variance is updated with the biased batch variance (flax) where torch uses the u
 style heads' stride-2 conv count grows with the input size beyond 256 px so that each head ends at
 1x1 (the reference's fixed [4, 5, 6] only fits <= 256 px); for n_latent < 8 (sizes < 32) the
 coarse/medium/fine split is truncated to n_latent heads.
+
+`start_from_latent_avg=True` (pSp's option; off in the reference, whose encoders output w+
+directly) adds G's mean w to every output, so that E learns offsets from the average face. The
+mean is a parameter `latent_avg` (style_dim,) behind a stop-gradient: it travels with E's weights
+into checkpoints and every consumer of E, and no optimiser moves it (zero gradient).
+`train.encoder.init_state` sets it from G_ema's mapping network.
 """
 
 from __future__ import annotations
@@ -27,6 +33,14 @@ from semgan_jax.nn.layers import EqualDense
 
 def _bn(train: bool, name: str):
     return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+def _from_latent_avg(module: nn.Module, w):
+    """w + the frozen `latent_avg` parameter when module.start_from_latent_avg, else w."""
+    if not module.start_from_latent_avg:
+        return w
+    avg = module.param("latent_avg", nn.initializers.zeros, (module.style_dim,), jnp.float32)
+    return w + jax.lax.stop_gradient(avg)
 
 
 class Bottleneck(nn.Module):
@@ -116,6 +130,7 @@ class FPNEncoder(nn.Module):
     base_width: int = 64
     num_blocks: Sequence[int] = (3, 4, 6, 3)
     style_layers: Sequence[int] = (4, 5, 6)
+    start_from_latent_avg: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -130,7 +145,7 @@ class FPNEncoder(nn.Module):
             name = ("coarse", "medium", "fine")[group]
             for i in range(count):
                 styles.append(ToStyleCode(n_convs, self.style_dim, name=f"{name}_styles_{i}")(feat))
-        return jnp.stack(styles, axis=1)
+        return _from_latent_avg(self, jnp.stack(styles, axis=1))
 
 
 class ResEncoder(nn.Module):
@@ -143,6 +158,7 @@ class ResEncoder(nn.Module):
     channel_max: int = 512
     blur_kernel: Sequence[int] = (1, 3, 3, 1)
     dtype: Any = jnp.float32
+    start_from_latent_avg: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -150,4 +166,4 @@ class ResEncoder(nn.Module):
         h = ResidualTrunk(self.size, self.channel_multiplier, self.channel_base, self.channel_max,
                           self.blur_kernel, dtype=self.dtype, name="trunk")(x)
         w = EqualDense(self.n_latent * self.style_dim, dtype=self.dtype, name="final_linear")(h)
-        return w.reshape(x.shape[0], self.n_latent, self.style_dim).astype(jnp.float32)
+        return _from_latent_avg(self, w.reshape(x.shape[0], self.n_latent, self.style_dim).astype(jnp.float32))

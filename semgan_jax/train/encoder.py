@@ -91,7 +91,9 @@ def default_config():
     c.encoder = ml_collections.ConfigDict(dict(
         backbone="fpn",             # 'fpn' (pSp FPN, reference default) | 'res'
         base_width=64, feature_dim=512,              # FPN widths (reference: 64, 512)
-        channel_max=512))                            # Res encoder width cap
+        channel_max=512,                             # Res encoder width cap
+        # pSp's option (not in the reference): E outputs offsets from G_ema's mean w (10,000 z)
+        start_from_latent_avg=False))
     c.train = ml_collections.ConfigDict(dict(
         iterations=800_000, batch_size=16, optimizer="ranger", lr=0.001, lr_min=1e-5,
         lr_decay_start=30_000, lr_decay_end=100_000,
@@ -116,12 +118,14 @@ def build_encoder(gan_model_cfg, enc_cfg):
     """E for a generator of `gan_model_cfg` (size, n_latent, style_dim, image channels)."""
     g_size, style_dim = gan_model_cfg.size, gan_model_cfg.style_dim
     n_latent = 2 * (g_size.bit_length() - 1) - 2
+    from_avg = bool(enc_cfg.get("start_from_latent_avg", False))  # absent in configs written before it
     if enc_cfg.backbone == "fpn":
         return FPNEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim, feature_dim=enc_cfg.feature_dim,
-                          base_width=enc_cfg.base_width)
+                          base_width=enc_cfg.base_width, start_from_latent_avg=from_avg)
     if enc_cfg.backbone == "res":
         return ResEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim,
-                          channel_multiplier=gan_model_cfg.channel_multiplier, channel_max=enc_cfg.channel_max)
+                          channel_multiplier=gan_model_cfg.channel_multiplier, channel_max=enc_cfg.channel_max,
+                          start_from_latent_avg=from_avg)
     raise ValueError(f"encoder.backbone must be 'fpn' or 'res', got {enc_cfg.backbone!r}")
 
 
@@ -149,11 +153,23 @@ def _opt_params(models, params, slow):
     return optax.LookaheadParams(fast=params, slow=slow) if models.ranger else params
 
 
-def init_state(models: EncoderModels, key) -> EncoderState:
+N_LATENT_AVG = 10_000  # z samples behind E's latent_avg (as infer's mean-latent start)
+
+
+def latent_avg(models: EncoderModels, g_params, key):
+    """G's mean w over N_LATENT_AVG random z: (style_dim,)."""
+    return models.g.apply({"params": g_params}, key, N_LATENT_AVG, method=type(models.g).mean_latent)[0]
+
+
+def init_state(models: EncoderModels, key, g_params=None) -> EncoderState:
+    """Fresh stage-2 state. With `start_from_latent_avg` E's `latent_avg` is G's mean w from
+    `g_params` (G_ema's parameters); without them it stays zero (a template to restore into)."""
     k_init, k_state = jax.random.split(key)
     size, channels = models.g.size, models.g.image_channels
     variables = models.e.init(k_init, jnp.zeros((1, size, size, channels)), train=False)
     params, stats = variables["params"], variables.get("batch_stats", {})
+    if "latent_avg" in params and g_params is not None:
+        params = {**params, "latent_avg": latent_avg(models, g_params, jax.random.fold_in(key, 0xA5))}
     slow = (lambda: jax.tree.map(jnp.copy, params)) if models.ranger else (lambda: None)
     s_u, s_l = slow(), slow()
     return EncoderState(step=jnp.zeros((), jnp.int32), key=k_state, params=params, batch_stats=stats,
@@ -383,8 +399,9 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
     local_batch = check_batch_size(config.train.batch_size, mesh)
     write_config(workdir, config)
 
-    state = jax.jit(lambda k: init_state(models, k), out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
     frozen = jax.device_put({"g": g_ema, "lpips": lpips_params}, replicated(mesh))
+    state = jax.jit(lambda k, g: init_state(models, k, g), out_shardings=replicated(mesh))(
+        jax.random.PRNGKey(config.seed), frozen["g"])
     data_cfg = s1.data.copy_and_resolve_references()
     data_cfg.update({k: v for k, v in config.data.items() if k != "data_dir" or v})
     feed = ml_collections.ConfigDict(dict(data=data_cfg, seed=config.seed, model=s1.model))
