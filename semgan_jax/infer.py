@@ -86,7 +86,8 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
 
     For tests against the reference (tests/test_training_parity.py; None in production, where
     the program is the same as without them):
-    draws: recorded random draws replacing the key's, {'noise': the initial noise maps (1, r, r, 1)};
+    draws: recorded random draws replacing the key's, {'noise': the initial noise maps (1, r, r, 1)}
+        and, with `optimize_noise` off, 'step_noise': the maps each step draws, (step, 1, r, r, 1) per layer;
     pin: f(i, values) -> values, called after Adam step i (0-based, traced) with (params
         {'w', 'noises'} before the noise renormalisation, Adam's state, the gradients); the
         optimisation continues from the (params, state) it returns, and the result gets 'trace':
@@ -104,14 +105,15 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
     params = {"w": w0, "noises": inv.g.make_noise(k_noise, 1) if draws is None else list(draws["noise"])}
     tx = inference_optimizer(cfg.step, cfg.lr, cfg.lr_rampup, cfg.lr_rampdown)
 
-    def generate(p, key):
-        noise = p["noises"] if cfg.optimize_noise else inv.g.make_noise(key, 1)
+    def generate(p, key, step_noise=None):
+        noise = (p["noises"] if cfg.optimize_noise else inv.g.make_noise(key, 1) if step_noise is None
+                 else step_noise)
         return inv.g.apply({"params": variables["g"]}, p["w"], input_is_latent=True, noise=noise)
 
     ref = _downsample_to_256(x)  # the target at the compared size, once, not every step
 
-    def loss_fn(p, key):
-        img, _ = generate(p, key)
+    def loss_fn(p, key, step_noise):
+        img, _ = generate(p, key, step_noise)
         img = _downsample_to_256(img)
         p_loss = (jnp.mean(inv.lpips.apply({"params": variables["lpips"]}, img, ref)) if inv.lpips is not None
                   else jnp.zeros((), jnp.float32))
@@ -128,8 +130,7 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
 
     def body(carry, xs):
         p, opt_state = carry
-        i, key = xs if pin is not None else (None, xs)
-        loss, grads = jax.value_and_grad(loss_fn)(p, key)
+        loss, grads = jax.value_and_grad(loss_fn)(p, xs["key"], xs.get("noise"))
         if not cfg.optimize_noise:
             grads = {**grads, "noises": jax.tree.map(jnp.zeros_like, grads["noises"])}
         updates, opt_state = tx.update(grads, opt_state, p)
@@ -137,13 +138,16 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
         seen = None
         if pin is not None:
             seen = (p, opt_state, grads)
-            p, opt_state = pin(i, seen)[:2]
+            p, opt_state = pin(xs["i"], seen)[:2]
         if cfg.optimize_noise:
             p = {**p, "noises": losses.noise_normalize(p["noises"])}
         return (p, opt_state), (loss, seen)
 
-    keys = jax.random.split(k_step, cfg.step)
-    steps = keys if pin is None else (jnp.arange(cfg.step), keys)
+    steps = {"key": jax.random.split(k_step, cfg.step)}
+    if pin is not None:
+        steps["i"] = jnp.arange(cfg.step)
+    if draws is not None and "step_noise" in draws:
+        steps["noise"] = list(draws["step_noise"])
     (p, _), (history, trace) = jax.lax.scan(body, (params, tx.init(params)), steps)
     image, seg = generate(p, k_step)
     out = {"w_plus": p["w"][0], "noises": [n[0] for n in p["noises"]], "image": image[0], "seg": seg[0],

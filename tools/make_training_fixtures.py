@@ -487,6 +487,11 @@ STAGE2_CASES = [
     dict(name="train_stage2_s32_rgb_seg3", size=32, image_mode="RGB", seg_dim=3, cap=4, style_dim=4, n_mlp=2,
          fpn_div=64, batch=4, iterations=7, compare=[0, 5, 6], seed=21, lpips_seed=22,
          lr_decay_iter_start=3, lr_decay_iter_end=9),
+    # grey images, one binary label channel (sigmoid BCE + the dice with the background included;
+    # LPIPS broadcasting the one channel over VGG's three) and --no_grad_clip: 2 iterations
+    dict(name="train_stage2_s32_gray_seg1_noclip", size=32, image_mode="L", seg_dim=1, cap=4, style_dim=4, n_mlp=2,
+         fpn_div=64, batch=4, iterations=2, compare=[0, 1], seed=23, lpips_seed=24,
+         lr_decay_iter_start=3, lr_decay_iter_end=9, no_grad_clip=True),
 ]
 # train_enc.py argparse defaults (loss weights, clipping, lr)
 STAGE2_ARGS = dict(lr=0.001, lr_decay=0.00001, lambda_unlabel_mse=1.0, lambda_unlabel_lpips=10.0,
@@ -589,8 +594,11 @@ class Stage2Recorder:
 
     def before_step(self, name):
         opt = self.optims[name]
-        self.pending = {"grad": {k: p.grad.detach().double().numpy().copy() for k, p in self.e.named_parameters()},
-                        "lr": float(opt.param_groups[0]["lr"]), "clip_norm": float(self.clip_norm)}
+        grad = {k: p.grad.detach().double().numpy().copy() for k, p in self.e.named_parameters()}
+        # --no_grad_clip: no clip_grad_norm_ call; the norm is recorded all the same
+        norm = self.clip_norm if self.clip_norm is not None else math.sqrt(sum(float(np.sum(g * g))
+                                                                               for g in grad.values()))
+        self.pending = {"grad": grad, "lr": float(opt.param_groups[0]["lr"]), "clip_norm": float(norm)}
         self.before_params = self.params()
 
     def after_step(self, name):
@@ -646,7 +654,8 @@ def run_stage2(tr, seg, enc, case: dict, state: dict, lpips_state: dict, batches
     assert not unexpected and all(k.startswith(("lin", "scaling_layer")) for k in missing), (missing, unexpected)
     args = argparse.Namespace(
         **STAGE2_ARGS, seg_dim=case["seg_dim"], iter=case["iterations"], start_iter=0, seg_name="celeba-mask",
-        distributed=False, profile_grad_norm=False, no_grad_clip=False, viz_every=10**9, eval_every=10**9,
+        distributed=False, profile_grad_norm=False, no_grad_clip=case.get("no_grad_clip", False),
+        viz_every=10**9, eval_every=10**9,
         save_every=10**9, n_sample=2, lr_decay_iter_start=case["lr_decay_iter_start"],
         lr_decay_iter_end=case["lr_decay_iter_end"])
     optims = {"unlabel": tr.Ranger(e.parameters(), lr=args.lr), "label": tr.Ranger(e.parameters(), lr=args.lr)}
@@ -766,6 +775,10 @@ INFER_CASES = [
     # and down over steps 8 and 9), encoder initialisation and consistency term, LPIPS, MSE
     dict(name="infer_s32_rgb_seg3", size=32, image_mode="RGB", seg_dim=3, cap=4, style_dim=4, n_mlp=2, fpn_div=64,
          steps=10, seed=31, lpips_seed=32),
+    # --mean_init (w+ from G's mean w over 10,000 z, the λ_mean term instead of the encoder's) and
+    # --no_noises (Adam over w+ only, fresh noise maps in every G call), grey, one label channel
+    dict(name="infer_s32_gray_seg1_mean_nonoise", size=32, image_mode="L", seg_dim=1, cap=4, style_dim=4, n_mlp=2,
+         fpn_div=64, steps=10, seed=33, lpips_seed=34, flags=["--mean_init", "--no_noises"]),
 ]
 
 
@@ -837,8 +850,12 @@ class _Transforms:
         def __call__(self, t):
             import torch
 
-            m = torch.tensor(self.mean, dtype=t.dtype)[:, None, None]
-            s = torch.tensor(self.std, dtype=t.dtype)[:, None, None]
+            # a grey image gets the first mean / std: inference.py's default ('celeba-mask') transform
+            # normalises with three (torchvision's in-place Normalize rejects a one-channel tensor)
+            # and its 'cxr' one names classes the script does not import, so the published script
+            # cannot invert grey images; (0.5,) / (0.5,) is what the cxr branch means
+            m = torch.tensor(self.mean[:t.shape[0]], dtype=t.dtype)[:, None, None]
+            s = torch.tensor(self.std[:t.shape[0]], dtype=t.dtype)[:, None, None]
             return (t - m) / s
 
 
@@ -913,10 +930,15 @@ def run_inference(repo: Path, seg, enc, lpips_mod, case: dict, state: dict, lpip
         (tmp / "img").mkdir()
         Image.fromarray(image.squeeze(-1) if c_img == 1 else image).save(tmp / "img" / "target.png")
         script = tmp / "inference.py"
-        script.write_text(source.replace("device = 'cuda'", "device = 'cpu'"))
+        source = source.replace("device = 'cuda'", "device = 'cpu'")
+        if "--mean_init" in case.get("flags", []):  # its z width is the fixed 512 of args.latent
+            assert source.count("torch.randn(n_mean_latent, 512") == 1
+            source = source.replace("torch.randn(n_mean_latent, 512", f"torch.randn(n_mean_latent, {case['style_dim']}")
+        script.write_text(source)
         sys.argv = ["inference.py", "--ckpt", str(tmp / "ckpt.pt"), "--img_dir", str(tmp / "img"), "--outdir",
                     str(tmp / "out"), "--size", str(case["size"]), "--seg_dim", str(case["seg_dim"]),
-                    "--image_mode", case["image_mode"], "--step", str(case["steps"]), "--w_plus"]
+                    "--image_mode", case["image_mode"], "--step", str(case["steps"]), "--w_plus",
+                    *case.get("flags", [])]
         seg.GeneratorSeg, enc.FPNEncoder, lpips_mod.PerceptualLoss = generator, fpn_encoder, percept_factory
         torch.optim.Adam, torch.Tensor.backward = Adam, record_backward
         stub_tv = types.ModuleType("torchvision")
@@ -943,6 +965,7 @@ def _patched_modules(replacements):
 def make_infer_case(case: dict, repo: Path, seg, enc, lpips_mod, out_dir: Path) -> Path:
     import torch
 
+    torch.manual_seed(case["seed"])  # the script's own draws (noise maps, mean z): the same file every time
     torch.set_default_dtype(torch.float64)
     nets = build_stage2(seg, enc, lpips_mod, case)
     for net in (nets["g_ema"], nets["e"]):
@@ -961,10 +984,21 @@ def make_infer_case(case: dict, repo: Path, seg, enc, lpips_mod, out_dir: Path) 
     torch.set_default_dtype(torch.float32)
 
     # the script's draws: the modules' initial weights (torch.randn, then replaced by the checkpoint's),
-    # then g_ema.make_noise()'s maps, the last draws of the run
+    # g_ema.make_noise()'s maps; with --mean_init the 10,000 z of the mean latent; with --no_noises
+    # the maps of every G call (each step's, then the final image's)
     n_noise = len(scope["noises"])
-    draws = ref.draws.all[-n_noise:]
-    assert all(kind == "z" and v.shape == tuple(n.shape) for (kind, v), n in zip(draws, scope["noises"]))
+    shapes = [("z", tuple(n.shape)) for n in scope["noises"]]
+    everything = ref.draws.all
+    start = max(j for j in range(len(everything) - n_noise + 1)
+                if [(k, v.shape) for k, v in everything[j:j + n_noise]] == shapes)
+    draws, rest = everything[start:start + n_noise], everything[start + n_noise:]
+    if case.get("flags") and "--mean_init" in case["flags"]:
+        kind, z = rest.pop(0)
+        assert kind == "z" and z.shape == (10000, case["style_dim"]), (kind, z.shape)
+    if case.get("flags") and "--no_noises" in case["flags"]:
+        assert [k for k, _ in rest] == ["noise"] * n_noise * (case["steps"] + 1), [k for k, _ in rest]
+    else:
+        assert not rest, [k for k, _ in rest]
     meta["layout"] = {name: [[k, list(v.shape)] for k, v in sorted(sd.items())] for name, sd in state.items()}
     meta["layout"]["lpips_heads"] = [[k, list(v.shape)] for k, v in sorted(heads.items())]
     meta["lpips"] = lp_meta
@@ -974,14 +1008,21 @@ def make_infer_case(case: dict, repo: Path, seg, enc, lpips_mod, out_dir: Path) 
     arrays["target_png"] = image
     for i, (_, noise) in enumerate(draws):
         arrays[f"draw/noise_{i}"] = noise.transpose(0, 2, 3, 1).astype(np.float32)
+    if case.get("flags") and "--mean_init" in case["flags"]:
+        arrays["draw/mean_z"] = z.astype(np.float32)
+    if rest:  # (steps + 1) x n_noise maps -> per layer (steps, 1, r, r, 1); the final image's left out
+        for i in range(n_noise):
+            arrays[f"draw/step_noise_{i}"] = np.stack([rest[k * n_noise + i][1].transpose(0, 2, 3, 1)
+                                                       for k in range(case["steps"])]).astype(np.float32)
 
-    def layout(d):  # p0 = w+ (1, n_latent, style_dim), p1.. = noise_0.. in NHWC
-        return {"w": d["p0"], **{f"noise_{i}": d[f"p{i + 1}"].transpose(0, 2, 3, 1) for i in range(n_noise)}}
+    def layout(d):  # p0 = w+ (1, n_latent, style_dim), p1.. = noise_0.. in NHWC (the ones optimised)
+        return {"w": d["p0"], **{f"noise_{i}": d[f"p{i + 1}"].transpose(0, 2, 3, 1) for i in range(len(d) - 1)}}
 
     for what in ("grad", "before", "param", "exp_avg", "exp_avg_sq"):
         arrays[f"steps/{what}"] = np.stack([pack(layout(s[what])) for s in ref.steps])
+    optimised = scope["noises"] if len(ref.steps[0]["param"]) > 1 else []
     arrays["final"] = pack(layout({"p0": scope["latent_in"].detach().double().numpy(),
-                                   **{f"p{i + 1}": n.detach().double().numpy() for i, n in enumerate(scope["noises"])}}))
+                                   **{f"p{i + 1}": n.detach().double().numpy() for i, n in enumerate(optimised)}}))
     meta["param_layout"] = [[k, list(v.shape)] for k, v in sorted(layout(ref.steps[0]["param"]).items())]
     meta["lr"] = [s["lr"] for s in ref.steps]
     meta["adam_step"] = [s["step"] for s in ref.steps]
