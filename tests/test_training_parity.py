@@ -316,8 +316,8 @@ class Stage2Fixture(Fixture):
         self.meta, self.arrays = load(path)
         self.case = c = self.meta["case"]
         self.config = model_config({**c, "ndf": 2})
-        self.config["encoder"] = dict(backbone="fpn", base_width=64 // c["fpn_div"], feature_dim=c["style_dim"],
-                                      channel_max=512)
+        self.config["encoder"] = dict(backbone=c.get("backbone", "fpn"), base_width=64 // c["fpn_div"],
+                                      feature_dim=c["style_dim"], channel_max=512 if c.get("backbone") != "res" else c["cap"])
         self.init = {net: self.unpack(self.arrays[f"init/{net}"], net) for net in ("g_ema", "e")}
 
     def e(self, params_vector=None, buffer_vector=None) -> dict:
@@ -360,10 +360,30 @@ def stage2_setup(fx: Stage2Fixture):
                      bn_eval_after_first=True)
     if c.get("no_grad_clip"):  # --no_grad_clip
         cfg.train.update(unlabel_grad_clip=0.0, label_grad_clip=0.0)
+    cfg.train.optimizer = c.get("optimizer", "ranger")
     models = stage2.build_models(ml_collections.ConfigDict(fx.config["model"]), cfg, LPIPS("vgg"))
     hp = stage2.hparams_from_config(cfg.train)
     frozen = {"g": fx.flax("g_ema", {})["params"], "lpips": fx.lpips_params()}
     return models, hp, frozen, cfg
+
+
+def adam_state(tx, params, mu, nu, count):
+    """encoder_optimizer(optimizer='adam')'s state (clipped or not) with these moments and step count."""
+    count = jnp.asarray(count, jnp.int32)
+
+    def fix(s):
+        if isinstance(s, optax.ScaleByAdamState):
+            return s._replace(count=count, mu=mu, nu=nu)
+        return s._replace(count=count) if isinstance(s, optax.ScaleByScheduleState) else s
+
+    return jax.tree.map(fix, tx.init(params),
+                        is_leaf=lambda s: isinstance(s, (optax.ScaleByAdamState, optax.ScaleByScheduleState)))
+
+
+def adaptive_moments(opt_state):
+    """The state holding mu / nu / count: Adam's, or RAdam's inside Ranger's Lookahead."""
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, "mu") and hasattr(s, "nu"))
+    return next(s for s in leaves if hasattr(s, "mu") and hasattr(s, "nu"))
 
 
 def ranger_state(tx, params, slow, mu, nu, count):
@@ -406,34 +426,43 @@ def compare_stage2_iteration(fx: Stage2Fixture, models, hp, frozen, cfg, it: int
     from semgan_jax.train.state import clip_by_global_norm_torch
 
     a, meta = fx.arrays, fx.meta
+    ranger = models.ranger  # else torch Adam: no Lookahead slow weights
+    bn = bool(meta["buffers"]["e"])  # the FPN's BatchNorm; the Res encoder has none
+
+    def opt_state(tx, params, slow, mu, nu, count):
+        return ranger_state(tx, params, slow, mu, nu, count) if ranger else adam_state(tx, params, mu, nu, count)
+
+    def slow_of(key):
+        return fx.e_params(a[key]) if ranger else None
+
     init = fx.e()
     if it == 0:
-        params, stats = init["params"], init["batch_stats"]
+        params, stats = init["params"], init.get("batch_stats", {})
         zeros = jax.tree.map(jnp.zeros_like, params)
-        opt = {"unlabel": (params, zeros, zeros, 0), "label": (params, zeros, zeros, 0)}
+        opt = {ph: (params if ranger else None, zeros, zeros, 0) for ph in ("unlabel", "label")}
     else:
-        prev = fx.e(a[f"it{it - 1}/label/param"], a[f"it{it - 1}/label/buffer"])
-        params, stats = prev["params"], prev["batch_stats"]
-        opt = {ph: (fx.e_params(a[f"it{it - 1}/{ph}/slow_buffer"]), fx.e_params(a[f"it{it - 1}/{ph}/exp_avg"]),
+        prev = fx.e(a[f"it{it - 1}/label/param"], a[f"it{it - 1}/label/buffer"] if bn else None)
+        params, stats = prev["params"], prev.get("batch_stats", {})
+        opt = {ph: (slow_of(f"it{it - 1}/{ph}/slow_buffer"), fx.e_params(a[f"it{it - 1}/{ph}/exp_avg"]),
                     fx.e_params(a[f"it{it - 1}/{ph}/exp_avg_sq"]), int(a[f"it{it - 1}/{ph}/step"]))
                for ph in ("unlabel", "label")}
     txs = {"unlabel": models.tx_unlabel, "label": models.tx_label}
     state = stage2.EncoderState(
         step=jnp.asarray(it, jnp.int32), key=jax.random.PRNGKey(0), params=params, batch_stats=stats,
         slow_unlabel=opt["unlabel"][0], slow_label=opt["label"][0],
-        opt_unlabel=ranger_state(txs["unlabel"], params, *opt["unlabel"]),
-        opt_label=ranger_state(txs["label"], params, *opt["label"]), health=guard.init_health())
+        opt_unlabel=opt_state(txs["unlabel"], params, *opt["unlabel"]),
+        opt_label=opt_state(txs["label"], params, *opt["label"]), health=guard.init_health())
     expected, pins, before = {}, {}, params
     for ph in ("unlabel", "label"):
         pre = f"it{it}/{ph}/"
-        after = fx.e(a[pre + "param"], a[pre + "buffer"])
-        off = {"before": before, "param": after["params"], "stats": after["batch_stats"],
-               "slow": fx.e_params(a[pre + "slow_buffer"]), "mu": fx.e_params(a[pre + "exp_avg"]),
+        after = fx.e(a[pre + "param"], a[pre + "buffer"] if bn else None)
+        off = {"before": before, "param": after["params"], "stats": after.get("batch_stats", {}),
+               "slow": slow_of(pre + "slow_buffer"), "mu": fx.e_params(a[pre + "exp_avg"]),
                "nu": fx.e_params(a[pre + "exp_avg_sq"]), "grad": fx.e_params(a[pre + "grad"]),
                "count": int(a[pre + "step"])}
         expected[ph] = off
         pins[STAGE2_UPDATES[ph]] = (off["param"], off["stats"], off["slow"],
-                                    ranger_state(txs[ph], off["param"], off["slow"], off["mu"], off["nu"], off["count"]))
+                                    opt_state(txs[ph], off["param"], off["slow"], off["mu"], off["nu"], off["count"]))
         before = off["param"]
     batch = {k: jnp.asarray(a[f"it{it}/batch/{k}"]) for k in ("image", "seg_image", "seg_mask")}
     metrics, ours = pinned_encoder_step(models, hp)(state, frozen, batch, fx.draws(it), pins)
@@ -442,32 +471,33 @@ def compare_stage2_iteration(fx: Stage2Fixture, models, hp, frozen, cfg, it: int
     for ph, clip in (("unlabel", cfg.train.unlabel_grad_clip), ("label", cfg.train.label_grad_clip)):
         off, (p, st, slow, opt_state, raw) = expected[ph], ours[STAGE2_UPDATES[ph]]
         gap, steps = meta["f32_gap"][f"it{it}/{ph}"], meta["steps"][f"it{it}/{ph}"]
-        radam = (opt_state if isinstance(opt_state, optax.LookaheadState) else opt_state[1]).fast_state[1]
+        moments = adaptive_moments(opt_state)
         norm = float(jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(raw))))
         clipped = clip_by_global_norm_torch(clip).update(raw, None)[0] if clip else raw  # 0: --no_grad_clip
         name = f"it{it} E {ph}"
         rows += [(f"{name} gradient norm (before clipping)", abs(norm - steps["clip_norm"]) / steps["clip_norm"],
                   max(TOL, gap["clip_norm"]), gap["clip_norm"]),
                  (f"{name} clipped gradient", rel(clipped, off["grad"]), TOL, gap["grad"]),
-                 (f"{name} first moment", rel(radam.mu, off["mu"]), TOL, gap["exp_avg"]),
-                 (f"{name} second moment", rel(radam.nu, off["nu"]), TOL, gap["exp_avg_sq"]),
-                 (f"{name} Ranger step", abs(int(radam.count) - off["count"]), 0, 0.0),
-                 (f"{name} Lookahead slow weights", rel(slow, off["slow"]), TOL, gap["slow_buffer"]),
-                 # as in stage 1: held where the official first moment is >= 1e-3 of its largest
-                 # (the adaptive step lr·m / (sqrt(v) + eps) amplifies rounding where v is tiny)
-                 (f"{name} parameter update", rel_where_grad(tree_sub(p, off["before"]),
-                                                             tree_sub(off["param"], off["before"]), off["mu"]),
-                  max(TOL, gap["update"]), gap["update"]),
-                 (f"{name} parameter update, all", rel(tree_sub(p, off["before"]),
-                                                       tree_sub(off["param"], off["before"])), None, gap["update"]),
-                 (f"{name} BatchNorm running mean", rel(jax.tree.map(lambda s: s["mean"], st, is_leaf=_is_bn),
-                                                      jax.tree.map(lambda s: s["mean"], off["stats"], is_leaf=_is_bn)),
-                  TOL, gap["buffer"]),
-                 # train mode: flax averages the biased batch variance, torch the unbiased one
-                 # (docs/architecture.md); shown, held only where BatchNorm is in eval mode
-                 (f"{name} BatchNorm running var", rel(jax.tree.map(lambda s: s["var"], st, is_leaf=_is_bn),
-                                                     jax.tree.map(lambda s: s["var"], off["stats"], is_leaf=_is_bn)),
-                  None if train_mode else TOL, gap["buffer"])]
+                 (f"{name} first moment", rel(moments.mu, off["mu"]), TOL, gap["exp_avg"]),
+                 (f"{name} second moment", rel(moments.nu, off["nu"]), TOL, gap["exp_avg_sq"]),
+                 (f"{name} {'Ranger' if ranger else 'Adam'} step", abs(int(moments.count) - off["count"]), 0, 0.0)]
+        if ranger:
+            rows.append((f"{name} Lookahead slow weights", rel(slow, off["slow"]), TOL, gap["slow_buffer"]))
+        update = tree_sub(p, off["before"]), tree_sub(off["param"], off["before"])
+        # as in stage 1: held where the official first moment is >= 1e-3 of its largest
+        # (the adaptive step lr·m / (sqrt(v) + eps) amplifies rounding where v is tiny)
+        rows += [(f"{name} parameter update", rel_where_grad(*update, off["mu"]), max(TOL, gap["update"]), gap["update"]),
+                 (f"{name} parameter update, all", rel(*update), None, gap["update"])]
+        if bn:
+            def field(tree, k):
+                return jax.tree.map(lambda s: s[k], tree, is_leaf=_is_bn)
+
+            # train mode: flax averages the biased batch variance, torch the unbiased one
+            # (docs/architecture.md); shown, held only where BatchNorm is in eval mode
+            rows += [(f"{name} BatchNorm running mean", rel(field(st, "mean"), field(off["stats"], "mean")), TOL,
+                      gap["buffer"]),
+                     (f"{name} BatchNorm running var", rel(field(st, "var"), field(off["stats"], "var")),
+                      None if train_mode else TOL, gap["buffer"])]
     rows.append((f"it{it} updates refused as non-finite", int(metrics["skipped_updates"]), 0, 0.0))
     for k, ref in meta["losses"][it].items():
         rows.append((f"it{it} loss {k}", abs(float(metrics[k]) - ref) / max(abs(ref), 1e-12), LOSS_TOL,

@@ -492,6 +492,12 @@ STAGE2_CASES = [
     dict(name="train_stage2_s32_gray_seg1_noclip", size=32, image_mode="L", seg_dim=1, cap=4, style_dim=4, n_mlp=2,
          fpn_div=64, batch=4, iterations=2, compare=[0, 1], seed=23, lpips_seed=24,
          lr_decay_iter_start=3, lr_decay_iter_end=9, no_grad_clip=True),
+    # --enc_backbone res (the StyleGAN2 discriminator trunk, channels capped, its final linear layer
+    # narrowed to n_latent x style_dim) and --optimizer adam (torch Adam, the synthetic configs'
+    # choice): 2 iterations
+    dict(name="train_stage2_s32_rgb_seg3_res_adam", size=32, image_mode="RGB", seg_dim=3, cap=4, style_dim=4,
+         n_mlp=2, fpn_div=64, batch=4, iterations=2, compare=[0, 1], seed=25, lpips_seed=26,
+         lr_decay_iter_start=3, lr_decay_iter_end=9, backbone="res", optimizer="adam"),
 ]
 # train_enc.py argparse defaults (loss weights, clipping, lr)
 STAGE2_ARGS = dict(lr=0.001, lr_decay=0.00001, lambda_unlabel_mse=1.0, lambda_unlabel_lpips=10.0,
@@ -564,7 +570,13 @@ def build_stage2(seg, enc, lpips_mod, case: dict) -> dict:
     g = Gen(case["size"], case["style_dim"], case["n_mlp"], seg_dim=case["seg_dim"], image_mode=case["image_mode"],
             channel_multiplier=2)
     g.eval()
-    e = build_fpn(enc, case, c_img, g.n_latent)
+    if case.get("backbone", "fpn") == "res":
+        e = cap_channels(enc.ResEncoder, case["cap"])(case["size"], c_img, g.n_latent, channel_multiplier=2)
+        # its final linear layer is built for style width 512 (forward views it as (n_latent, -1)):
+        # the same layer for the case's width
+        e.final_linear = enc.EqualLinear(e.final_linear.weight.shape[1], g.n_latent * case["style_dim"])
+    else:
+        e = build_fpn(enc, case, c_img, g.n_latent)
     percept = perceptual_loss(lpips_mod, "cpu", use_gpu=False)  # heads: the checkout's weights/v0.1/vgg.pth
     return {"g_ema": g, "e": e, "percept": percept}
 
@@ -613,13 +625,14 @@ class Stage2Recorder:
                     slow_buffer={})
         for p, st in opt.state.items():
             for what in ("exp_avg", "exp_avg_sq", "slow_buffer"):
-                snap[what][names[id(p)]] = st[what].detach().double().numpy().copy()
+                if what in st:  # Adam has no Lookahead slow buffer
+                    snap[what][names[id(p)]] = st[what].detach().double().numpy().copy()
             snap["step"] = int(st["step"])
         self.snap[key] = snap
         if self.pin is None:
             return
         ref = self.pin.snap[key]
-        self.gap[key] = {what: rel_gap(snap[what], ref[what])
+        self.gap[key] = {what: rel_gap(snap[what], ref[what]) if ref[what] else 0.0
                          for what in ("grad", "exp_avg", "exp_avg_sq", "slow_buffer", "buffer")}
         self.gap[key]["clip_norm"] = abs(snap["clip_norm"] - ref["clip_norm"]) / ref["clip_norm"]
         before = self.before_params
@@ -633,7 +646,8 @@ class Stage2Recorder:
                 buffers[k].copy_(torch.from_numpy(v))
             for p, st in opt.state.items():
                 for what in ("exp_avg", "exp_avg_sq", "slow_buffer"):
-                    st[what].copy_(torch.from_numpy(ref[what][names[id(p)]]))
+                    if what in st:
+                        st[what].copy_(torch.from_numpy(ref[what][names[id(p)]]))
 
 
 def run_stage2(tr, seg, enc, case: dict, state: dict, lpips_state: dict, batches: list, dtype,
@@ -658,7 +672,8 @@ def run_stage2(tr, seg, enc, case: dict, state: dict, lpips_state: dict, batches
         viz_every=10**9, eval_every=10**9,
         save_every=10**9, n_sample=2, lr_decay_iter_start=case["lr_decay_iter_start"],
         lr_decay_iter_end=case["lr_decay_iter_end"])
-    optims = {"unlabel": tr.Ranger(e.parameters(), lr=args.lr), "label": tr.Ranger(e.parameters(), lr=args.lr)}
+    opt_cls = torch.optim.Adam if case.get("optimizer") == "adam" else tr.Ranger  # train_enc.py's two choices
+    optims = {"unlabel": opt_cls(e.parameters(), lr=args.lr), "label": opt_cls(e.parameters(), lr=args.lr)}
     rec = Stage2Recorder(e, optims, pin)
     for name, opt in optims.items():
         step = opt.step
@@ -714,6 +729,7 @@ def run_stage2(tr, seg, enc, case: dict, state: dict, lpips_state: dict, batches
 def make_stage2_case(case: dict, tr, seg, enc, out_dir: Path) -> Path:
     import torch
 
+    torch.manual_seed(case["seed"])  # G's noise maps: the same file every time
     torch.set_default_dtype(torch.float64)
     nets = build_stage2(seg, enc, tr.lpips, case)
     meta = {"case": case, "seed": case["seed"], "manifest": {n: manifest_of(nets[n]) for n in ("g_ema", "e")}}
@@ -753,7 +769,8 @@ def make_stage2_case(case: dict, tr, seg, enc, out_dir: Path) -> Path:
             elif phase == "label":  # the state after the iteration
                 whats += ["param", "buffer"]
             for what in whats:
-                arrays[f"it{it}/{phase}/{what}"] = pack(snap[what])
+                if snap[what]:  # no slow buffer with Adam, no BatchNorm in the Res encoder
+                    arrays[f"it{it}/{phase}/{what}"] = pack(snap[what])
             arrays[f"it{it}/{phase}/step"] = np.int32(snap["step"])
     meta["steps"] = {f"it{it}/{phase}": {k: ref.snap[(it, phase)][k] for k in ("lr", "clip_norm", "step")}
                      for it in range(case["iterations"]) for phase in ("unlabel", "label")}
