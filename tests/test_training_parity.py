@@ -19,9 +19,15 @@ Tolerances: max |ours - official| / max |official| per network <= 1e-3 (losses 1
 A parameter update is Adam's lr·m / (sqrt(v) + eps), which for gradients near zero turns float32
 rounding of the gradient into a different update (at Adam's first step lr·sign(g)); the official
 code itself, run in float32 and pinned the same way, differs from its float64 run by the `f32_gap`
-the fixture records (up to ~1e-2, 0.6 at a first step). Updates are therefore compared where the
-official gradient is at least 1e-3 of the network's largest (those below are held through their
-gradients) and held to max(1e-3, that gap); the all-parameter figure is printed beside it.
+the fixture records (up to ~1e-2, 0.6 at a first step). Most of that gap is a measuring artefact:
+an update is read as the difference of float32 parameters, so it is known only to one float32
+step (ulp) of the parameter it is added to, and the mapping network's weights are stored as
+N(0, 1) / lr_mul (hundreds), where an update of 2e-3 spans ~100 such steps. Updates are therefore
+compared where the official gradient is at least 1e-3 of the network's largest (those below are
+held through their gradients), with differences within one ulp of the parameter counted as none
+(`rel_where_grad(..., resolution=)`), and held to 1e-3 like everything else; the all-parameter,
+ulp-blind figure is printed beside it. (The RGB stage-1 fixture's G update at iteration 16 reads
+1.35e-2 ulp-blind, one ulp, 3.05e-5, of a weight of 292.7, and 2.1e-6 at the parameters' resolution.)
 """
 
 from __future__ import annotations
@@ -42,7 +48,10 @@ from semgan_jax.convert import networks
 from semgan_jax.convert.mapping import assemble, import_state_dict
 from semgan_jax.train import gan, guard
 
-FIXTURES = sorted((Path(__file__).parent / "fixtures").glob("train_stage1_*.npz"))
+# the grey case runs in `make test`; the others (a second compile of the stage-1 step, ~1 min
+# cold) are `slow`, in `make test-all` and CI
+FIXTURES = [p if "gray" in p.stem else pytest.param(p, marks=pytest.mark.slow)
+            for p in sorted((Path(__file__).parent / "fixtures").glob("train_stage1_*.npz"))]
 PHASE = {"Dr": "d_img", "Dm": "d_seg", "Dr R1": "r1_img", "Dm R1": "r1_seg", "G": "g", "G path length": "path"}
 NET = {"d_img": "d_img", "r1_img": "d_img", "d_seg": "d_seg", "r1_seg": "d_seg", "g": "g", "path": "g"}
 OPT = {"d_img": "d_img_opt", "d_seg": "d_seg_opt", "g": "g_opt"}
@@ -133,14 +142,23 @@ def tree_sub(a, b):
     return jax.tree.map(lambda x, y: x - y, a, b)
 
 
-def rel_where_grad(ours, official, grad, floor: float = 1e-3) -> float:
-    """`rel` over the elements whose |grad| >= floor * max |grad| (all leaves of one network)."""
+def rel_where_grad(ours, official, grad, floor: float = 1e-3, resolution=None) -> float:
+    """`rel` over the elements whose |grad| >= floor * max |grad| (all leaves of one network).
+    `resolution`: parameters whose float32 step (ulp) is how well ours and official are known;
+    a difference up to one ulp of that parameter counts as none (see the module docstring)."""
     top = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grad))
     keep = jax.tree.map(lambda g: jnp.abs(g) >= floor * top, grad)
     def masked(tree):
         return jax.tree.map(lambda k, x: jnp.where(k, x, 0.0), keep, tree)
 
-    return rel(masked(ours), masked(official))
+    if resolution is None:
+        return rel(masked(ours), masked(official))
+    ulp = jax.tree.map(lambda p: jnp.asarray(np.spacing(np.abs(np.asarray(p, np.float32)))), resolution)
+    excess = jax.tree.map(lambda a, b, u: jnp.maximum(jnp.abs(jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32))
+                                                      - u, 0.0), ours, official, ulp)
+    den = max(float(jnp.max(jnp.abs(jnp.asarray(b, jnp.float32)))) for b in jax.tree.leaves(masked(official)))
+    num = max(float(jnp.max(x)) for x in jax.tree.leaves(masked(excess)))
+    return num / den if den else num
 
 
 class Official:
@@ -246,8 +264,9 @@ def compare_iteration(fx: Fixture, official: Official, models, hp, it: int):
                  (f"it{it} {name} second moment", rel(adam.nu, off["nu"]), TOL, gap["exp_avg_sq"]),
                  (f"it{it} {name} Adam step", abs(int(adam.count) - off["count"]), 0, 0.0),
                  (f"it{it} {name} parameter update", rel_where_grad(tree_sub(mine[0], off["before"]),
-                                                                   tree_sub(off["param"], off["before"]), off["mu"]),
-                  max(TOL, gap["update"]), gap["update"]),
+                                                                   tree_sub(off["param"], off["before"]), off["mu"],
+                                                                   resolution=off["param"]),
+                  TOL, gap["update"]),
                  (f"it{it} {name} parameter update, all", rel(tree_sub(mine[0], off["before"]),
                                                              tree_sub(off["param"], off["before"])),
                   None, gap["update"])]
@@ -486,7 +505,8 @@ def compare_stage2_iteration(fx: Stage2Fixture, models, hp, frozen, cfg, it: int
         update = tree_sub(p, off["before"]), tree_sub(off["param"], off["before"])
         # as in stage 1: held where the official first moment is >= 1e-3 of its largest
         # (the adaptive step lr·m / (sqrt(v) + eps) amplifies rounding where v is tiny)
-        rows += [(f"{name} parameter update", rel_where_grad(*update, off["mu"]), max(TOL, gap["update"]), gap["update"]),
+        rows += [(f"{name} parameter update", rel_where_grad(*update, off["mu"], resolution=off["param"]),
+                  TOL, gap["update"]),
                  (f"{name} parameter update, all", rel(*update), None, gap["update"])]
         if bn:
             def field(tree, k):
