@@ -83,6 +83,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from semgan_jax.plot import plot_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -638,6 +640,32 @@ def plot_claims(path, rows: list[dict], labels, subtitle: str = "") -> None:
                xlabel="labeled training images (log scale)", ylabel="mIoU")
 
 
+# the evaluate commands' --grid layout (segment.py, supervised.save_grid): input | prediction |
+# truth per example, four examples per row, upscaled to 128 px
+EVAL_GRID = {"n_columns": 3, "ncol": 4}
+
+
+def comparison_grid(out: Path, labels: int, seed: int, split: str, path: Path, n: int = 8) -> bool:
+    """PNG of input | U-Net | SemanticGAN E(x) | SemanticGAN optimised | truth for the first `n`
+    images of `split`, cut from the runs' evaluation grids; False when one is missing."""
+    from PIL import Image
+
+    from semgan_jax import viz
+
+    sg, un = run_dir(out, "semgan", labels, seed), run_dir(out, "unet", labels, seed)
+    files = [un / f"eval_{split}.png", sg / f"eval_{split}_encoder.png", sg / f"eval_{split}.png"]
+    if not all(f.is_file() for f in files):
+        return False
+    res = int(read_json(sg / "stage1" / "config.json")["model"]["size"])
+    scale = max(1, 128 // res)
+    parts = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    cols = [viz.ungrid(img, n, size=(res, res), scale=scale, **EVAL_GRID) for img in parts]
+    if any(not np.array_equal(cols[0][0], c[0]) for c in cols[1:]):
+        raise ValueError(f"{files}: the grids show different input images")
+    viz.save_png(path, viz.grid([cols[0][0], cols[0][1], cols[1][1], cols[2][1], cols[0][2]], ncol=2), scale=scale)
+    return True
+
+
 def write_reports(out: Path, records: list[dict], settings: dict) -> dict:
     """OUT/claims.json, claims.md and claims.png from the run records."""
     rows = summarize(records)
@@ -650,6 +678,9 @@ def write_reports(out: Path, records: list[dict], settings: dict) -> dict:
                                      "settings": settings, "summary": rows, "deltas": deltas, "runs": records})
     (out / "claims.md").write_text(markdown(records, rows, settings))
     seeds = settings["seeds"]
+    for n in settings["labels"]:
+        for split in SPLITS:
+            comparison_grid(out, n, seeds[0], split, out / f"grid_{split}_labels{n}.png")
     plot_claims(out / "claims.png", rows, settings["labels"],
                 subtitle=("quick smoke run" if settings.get("quick") else
                           f"mean ± std of {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"))

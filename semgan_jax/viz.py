@@ -44,6 +44,23 @@ def grid(columns: list[np.ndarray], ncol: int, pad: int = 2) -> np.ndarray:
     return out
 
 
+def ungrid(image: np.ndarray, n: int, n_columns: int, size: tuple[int, int], ncol: int, pad: int = 2,
+           scale: int = 1) -> list[np.ndarray]:
+    """The inverse of `grid` (saved with `scale`): the first `n` examples of a grid PNG's pixels
+    (H', W', 3) as its `n_columns` columns, each (n, h, w, 3); `size` = (h, w) of one image."""
+    h, w = size
+    img = np.asarray(image)[::scale, ::scale]
+    cell_w = n_columns * w + (n_columns - 1) * pad // 2
+    columns = [np.zeros((n, h, w, 3), np.uint8) for _ in range(n_columns)]
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + c * (cell_w + pad)
+        for j in range(n_columns):
+            xj = x + j * (w + pad // 2)
+            columns[j][i] = img[y:y + h, xj:xj + w, :3]
+    return columns
+
+
 def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:
     """Write uint8 (H, W, 3) atomically (temp file + rename), upscaled by `scale` (nearest)."""
     path = Path(path)

@@ -355,3 +355,31 @@ def test_budgets_are_replanned_from_the_measured_warmup(tmp_path, monkeypatch):
     settings = json.loads((out / "claims.json").read_text())["settings"]
     assert settings["budgets"] == replanned and settings["warmup_minutes"] == 35.0
     assert "planned after a 35-min compile warm-up" in (out / "claims.md").read_text()
+
+
+def test_comparison_grid_puts_both_methods_beside_the_truth(tmp_path):
+    """input | U-Net | SemanticGAN E(x) | SemanticGAN optimised | truth, cut from the evaluate
+    commands' grids (same layout: viz.grid, 3 columns, 4 per row, upscaled to 128 px)."""
+    from semgan_jax import viz
+
+    rng = np.random.default_rng(0)
+    res, n = 16, 6
+    inputs, truth = (rng.integers(0, 256, (n, res, res, 3), dtype=np.uint8) for _ in range(2))
+    preds = {name: rng.integers(0, 256, (n, res, res, 3), dtype=np.uint8) for name in ("unet", "enc", "opt")}
+    sg, un = claims.run_dir(tmp_path, "semgan", 8, 0), claims.run_dir(tmp_path, "unet", 8, 0)
+    (sg / "stage1").mkdir(parents=True)
+    (sg / "stage1" / "config.json").write_text(json.dumps({"model": {"size": res}}))
+    un.mkdir(parents=True)
+    for path, pred in ((un / "eval_test.png", preds["unet"]), (sg / "eval_test_encoder.png", preds["enc"]),
+                       (sg / "eval_test.png", preds["opt"])):
+        viz.save_png(path, viz.grid([inputs, pred, truth], ncol=4), scale=128 // res)
+    out = tmp_path / "grid.png"
+    assert not claims.comparison_grid(tmp_path, 8, 0, "test_ood", out)  # no grids for that split
+    assert claims.comparison_grid(tmp_path, 8, 0, "test", out, n=4)
+    cols = viz.ungrid(np.asarray(Image.open(out).convert("RGB")), 4, n_columns=5, size=(res, res), ncol=2,
+                      scale=128 // res)
+    for got, want in zip(cols, (inputs, preds["unet"], preds["enc"], preds["opt"], truth)):
+        np.testing.assert_array_equal(got, want[:4])
+    viz.save_png(sg / "eval_test.png", viz.grid([inputs[::-1], preds["opt"], truth], ncol=4), scale=128 // res)
+    with pytest.raises(ValueError, match="different input images"):
+        claims.comparison_grid(tmp_path, 8, 0, "test", out, n=4)
