@@ -159,8 +159,8 @@ def invert(inv: Inverter, variables: dict, cfg: InvertConfig, targets, key):
     """`invert_one` vmapped over targets (N, H, W, C): same results as one image at a time."""
     w_mean = None
     if cfg.mean_init:
-        z = jax.random.normal(jax.random.fold_in(key, 1), (cfg.n_mean_latent, inv.g.style_dim))
-        w_mean = jnp.mean(inv.g.apply({"params": variables["g"]}, z, method=type(inv.g).get_latent), axis=0)
+        w_mean = inv.g.apply({"params": variables["g"]}, jax.random.fold_in(key, 1), cfg.n_mean_latent,
+                             method=type(inv.g).mean_latent)[0]
     keys = jax.random.split(key, targets.shape[0])
     return jax.vmap(lambda t, k: invert_one(inv, variables, cfg, t, k, w_mean))(targets, keys)
 

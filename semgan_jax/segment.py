@@ -376,5 +376,5 @@ def run_evaluate(args) -> int:
         images = np.concatenate([s[0] for s in shown])[:16]
         cols = [viz.to_uint8(images), viz.colorize(np.concatenate([s[1] for s in shown])[:16], info.palette),
                 viz.colorize(np.concatenate([s[2] for s in shown])[:16], info.palette)]
-        viz.save_png(args.grid, viz.grid(cols, ncol=4), scale=max(1, 128 // images.shape[1]))
+        viz.save_png(args.grid, viz.grid(cols, ncol=4), scale=viz.grid_scale(images.shape[1]))
     return 0

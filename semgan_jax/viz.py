@@ -28,19 +28,28 @@ def seg_to_labels(seg_logits: np.ndarray) -> np.ndarray:
     return np.argmax(seg_logits, axis=-1).astype(np.int32)
 
 
+def _cell_width(n_columns: int, w: int, pad: int) -> int:
+    return n_columns * w + (n_columns - 1) * pad // 2
+
+
+def _tiles(n: int, n_columns: int, h: int, w: int, ncol: int, pad: int):
+    """(example i, column j, top y, left x) of every image tile of `grid`'s layout."""
+    cell_w = _cell_width(n_columns, w, pad)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        y, x = pad + r * (h + pad), pad + c * (cell_w + pad)
+        for j in range(n_columns):
+            yield i, j, y, x + j * (w + pad // 2)
+
+
 def grid(columns: list[np.ndarray], ncol: int, pad: int = 2) -> np.ndarray:
     """Tile N examples, each shown as its `columns` side by side (each (N, H, W, 3) uint8),
     `ncol` examples per row, white padding. Returns uint8 (rows*(H+pad)+pad, ..., 3)."""
     n, h, w, _ = columns[0].shape
-    cell_w = len(columns) * w + (len(columns) - 1) * pad // 2
     nrow = -(-n // ncol)
-    out = np.full((nrow * (h + pad) + pad, ncol * (cell_w + pad) + pad, 3), 255, np.uint8)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        y, x = pad + r * (h + pad), pad + c * (cell_w + pad)
-        for j, col in enumerate(columns):
-            xj = x + j * (w + pad // 2)
-            out[y:y + h, xj:xj + w] = col[i]
+    out = np.full((nrow * (h + pad) + pad, ncol * (_cell_width(len(columns), w, pad) + pad) + pad, 3), 255, np.uint8)
+    for i, j, y, x in _tiles(n, len(columns), h, w, ncol, pad):
+        out[y:y + h, x:x + w] = columns[j][i]
     return out
 
 
@@ -50,15 +59,15 @@ def ungrid(image: np.ndarray, n: int, n_columns: int, size: tuple[int, int], nco
     (H', W', 3) as its `n_columns` columns, each (n, h, w, 3); `size` = (h, w) of one image."""
     h, w = size
     img = np.asarray(image)[::scale, ::scale]
-    cell_w = n_columns * w + (n_columns - 1) * pad // 2
     columns = [np.zeros((n, h, w, 3), np.uint8) for _ in range(n_columns)]
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        y, x = pad + r * (h + pad), pad + c * (cell_w + pad)
-        for j in range(n_columns):
-            xj = x + j * (w + pad // 2)
-            columns[j][i] = img[y:y + h, xj:xj + w, :3]
+    for i, j, y, x in _tiles(n, n_columns, h, w, ncol, pad):
+        columns[j][i] = img[y:y + h, x:x + w, :3]
     return columns
+
+
+def grid_scale(size: int) -> int:
+    """Upscaling of the 128-px grids (evaluation, stage-2 samples): images of `size` px shown at >= 128."""
+    return max(1, 128 // size)
 
 
 def save_png(path: str | Path, image: np.ndarray, scale: int = 1) -> None:

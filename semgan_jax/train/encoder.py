@@ -427,7 +427,7 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
             cols = [viz.to_uint8(viz_batch["image"]), viz.to_uint8(img), viz.colorize(viz.seg_to_labels(seg), palette),
                     viz.colorize(np.asarray(viz_batch["mask"]), palette)]
             viz.save_png(workdir / "samples" / f"step_{step:06d}.png", viz.grid(cols, ncol=2),
-                         scale=max(1, 128 // img.shape[1]))
+                         scale=viz.grid_scale(img.shape[1]))
 
     logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
                            show=("e_unlabel_loss", "e_label_loss"))

@@ -226,7 +226,7 @@ def save_grid(path, images, pred, target, palette) -> None:
     from semgan_jax import viz
 
     cols = [viz.to_uint8(images), viz.colorize(pred, palette), viz.colorize(target, palette)]
-    viz.save_png(path, viz.grid(cols, ncol=4), scale=max(1, 128 // images.shape[1]))
+    viz.save_png(path, viz.grid(cols, ncol=4), scale=viz.grid_scale(images.shape[1]))
 
 
 def train(config, workdir: str, resume: bool = True) -> SupervisedState:
