@@ -9,7 +9,7 @@ Per mode: the median ms of each compiled variant (joint: plain, +R1, +path lengt
 plain, +R1 on Dm) and the reference schedule's mean iteration (common.amortised_iteration; no
 path length in seg_branch); XLA's FLOPs per variant and per mean iteration (load-independent);
 and the FLOPs of one G forward (style mixing, fresh noise) for scale: a seg_branch iteration
-runs two, plus Dm's updates and ToSEG's backward. --flops-only counts the FLOPs of the lowered
+runs one, plus Dm's updates and ToSEG's backward. --flops-only counts the FLOPs of the lowered
 (not yet XLA-optimised) programs and compiles and runs nothing: seconds where a compile takes
 minutes. Widths and --cpu-convs as benchmarks/ours.py.
 """

@@ -1,5 +1,6 @@
 """Stage 1 with train.trainable = "seg_branch" (train/seg_branch.py): G frozen, only ToSEG and Dm
-train; checkpoints of either mode continue in the other; stage 2 reads the result (tiny configs)."""
+train; checkpoints of either mode continue in the other; stage 2 reads the result; and
+train.trainable = "image", the StyleGAN2 half of the joint step (tiny configs)."""
 
 import json
 import os
@@ -73,6 +74,33 @@ def test_only_the_label_branch_and_dm_train():
     assert "d_img" not in rows[0] and "path" not in rows[0]
 
 
+def test_image_mode_trains_the_image_path_alone():
+    """trainable='image': 3 iterations (R1 in two) move G's image path and Dr, while the ToSEG
+    layers (G's and G_ema's), Dm, its spectral state and optimiser state stay bit-identical and
+    no Dm loss is computed."""
+    cfg = tiny_gan_config(**{"train.trainable": "image", **OVER})
+    models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
+    hp = gan.hparams_from_config(cfg.train)
+    mode = seg_branch.stage1_mode(cfg.train, models, hp, make_mesh(1))
+    start = jax.device_get(jax.jit(mode.init)(jax.random.PRNGKey(0)))
+    state, batch, rows = jax.device_put(start), random_batch(cfg.model.seg_dim), []
+    for i in range(3):
+        state, metrics = mode.step(state, batch, *mode.flags(i))
+        rows.append(jax.device_get(metrics))
+    end = jax.device_get(state)
+
+    for name in ("d_seg", "d_seg_spectral", "d_seg_opt"):
+        assert_equal(getattr(end, name), getattr(start, name))
+    assert_equal(seg_branch.to_seg(end.g), seg_branch.to_seg(start.g))
+    assert_equal(seg_branch.to_seg(end.g_ema), seg_branch.to_seg(start.g_ema))
+    assert all(changed_leaves(end.d_img, start.d_img))
+    assert all(changed_leaves(frozen(end.g)["synthesis"], frozen(start.g)["synthesis"]))
+    assert all(changed_leaves(end.g["mapping"], start.g["mapping"]))
+    assert rows[0]["r1_img"] > 0 and rows[0]["r1_seg"] == 0 and int(end.health["skipped"]) == 0
+    assert all(np.isfinite(r[k]) for r in rows for k in ("d_img", "g", "g_img"))
+    assert "d_seg" not in rows[0] and "g_seg_adv" not in rows[0]
+
+
 def read_metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
@@ -124,7 +152,7 @@ def test_joint_run_continues_in_seg_branch_and_back(tmp_path):
 
 def test_trainable_is_checked():
     cfg = tiny_gan_config(**{"train.trainable": "to_seg"})
-    with pytest.raises(ValueError, match=r"train.trainable must be one of \('all', 'seg_branch'\), got 'to_seg'"):
+    with pytest.raises(ValueError, match=r"train.trainable must be one of \('all', 'seg_branch', 'image'\), got 'to_seg'"):
         seg_branch.stage1_mode(cfg.train, None, None, None)
 
 

@@ -167,7 +167,8 @@ def default_config():
                                       # "translation,cutout" (train/augment.py); "" = none (reference)
         mesh_data=-1,                 # devices on the 'data' axis (-1 = all)
         on_nonfinite="stop",          # a non-finite loss/gradient: 'stop' with an error | 'skip' the update
-        trainable="all"))             # 'all' | 'seg_branch': only ToSEG and Dm train, G frozen (seg_branch.py)
+        trainable="all"))             # 'all' | 'seg_branch': only ToSEG and Dm train, G frozen (seg_branch.py) |
+                                      # 'image': G's image path and Dr on the unlabeled images (a StyleGAN2)
     c.log = ml_collections.ConfigDict(dict(
         log_every=100, viz_every=100, n_sample=64, save_every=2000, keep=5,
         max_minutes=0.0))             # stop (with a checkpoint) after this wall time; 0 = no limit
@@ -355,10 +356,13 @@ def regularize_flags(step: int, hp: GANHParams) -> tuple[bool, bool]:
 
 
 def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, *, d_reg: bool, g_reg: bool,
-               draws=None, pin=None):
+               labels: bool = True, draws=None, pin=None):
     """One stage-1 iteration. batch: 'image' (B, H, W, C) unlabeled reals; 'seg_image'
     (B, H, W, C) and 'seg_mask' (B, H, W, seg_dim) one-hot in [-1, 1] labeled reals.
     d_reg / g_reg: run the lazy R1 / path-length updates (see `regularize_flags`).
+    labels=False (`train.trainable = "image"`): StyleGAN2 on the unlabeled images alone, no Dm
+    update, no R1 on Dm and no Dm term in G's loss (ToSEG gets no gradient; the labeled batch
+    is unused).
     Returns (new state, metrics dict of float32 scalars).
 
     For tests against the official loop (tests/test_training_parity.py), None in production:
@@ -393,14 +397,16 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     metrics.update(d_img=loss, d_img_real_score=real_score, d_img_fake_score=fake_score)
 
     # 2. Dm
-    fake_img, fake_seg = generate(models, state.g, k_dseg, b, hp.mixing, draw=_draw("d_seg"))
-    fake_seg_in = dm_fake_input(fake_img, fake_seg, hp.fake_mask)
+    d_seg, d_seg_opt, spectral, ok_d_seg = state.d_seg, state.d_seg_opt, state.d_seg_spectral, jnp.array(True)
+    if labels:
+        fake_img, fake_seg = generate(models, state.g, k_dseg, b, hp.mixing, draw=_draw("d_seg"))
+        fake_seg_in = dm_fake_input(fake_img, fake_seg, hp.fake_mask)
 
-    (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(dm_loss, has_aux=True)(
-        state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm, hp.dm_mismatch)
-    d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
-    d_seg, d_seg_opt, spectral = _pin("Dm", d_seg, d_seg_opt, spectral)
-    metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
+        (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(dm_loss, has_aux=True)(
+            d_seg, spectral, models, fake_seg_in, real_seg_in, aug_dm, hp.dm_mismatch)
+        d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, d_seg_opt, d_seg, loss)
+        d_seg, d_seg_opt, spectral = _pin("Dm", d_seg, d_seg_opt, spectral)
+        metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
 
     # 3. lazy R1 on both discriminators
     def d_regularize(args):
@@ -416,6 +422,8 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, r1_scaled(grads, r1_dr, hp.d_reg_every),
                                                      d_img_opt, d_img, r1_i)
         d_img, d_img_opt = _pin("Dr R1", d_img, d_img_opt)
+        if not labels:
+            return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i}, ok_i, jnp.array(True)
 
         (r1_s, spectral), grads = jax.value_and_grad(dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
                                                                         aug_dm)
@@ -435,6 +443,8 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         fake_img, fake_seg = generate(models, p, k_g, b, hp.mixing, draw=_draw("g"))
         fake_img_pred = models.d_img.apply({"params": d_img}, aug_dr(3, fake_img))
         g_img = losses.g_nonsaturating_loss(fake_img_pred)
+        if not labels:
+            return g_img, (spectral, {"g": g_img, "g_img": g_img})
         g_seg_adv, g_seg_feat, spectral = dm_generator_loss(d_seg, spectral, models, fake_img, fake_seg, real_seg_in,
                                                             aug_dm, hp.lambda_dseg_feat, hp.fake_mask)
         total = g_img + g_seg_adv + g_seg_feat
@@ -489,7 +499,7 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
     return new_state, {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
 
-def jit_train_step(models: GANModels, hp: GANHParams, mesh):
+def jit_train_step(models: GANModels, hp: GANHParams, mesh, labels: bool = True):
     """`train_step` under one jit: state replicated and donated, batch split over 'data'.
 
     Returns step(state, batch, d_reg, g_reg) with the two flags static."""
@@ -498,7 +508,7 @@ def jit_train_step(models: GANModels, hp: GANHParams, mesh):
     rep, data = replicated(mesh), batch_sharding(mesh)
 
     def step(state, batch, d_reg, g_reg):
-        return train_step(models, hp, state, batch, d_reg=d_reg, g_reg=g_reg)
+        return train_step(models, hp, state, batch, d_reg=d_reg, g_reg=g_reg, labels=labels)
 
     return jax.jit(step, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=(0,),
                    static_argnums=(2, 3), compiler_options=compiler_options(mesh))

@@ -1,26 +1,32 @@
 """Stage 1 on a frozen generator: train only the label branch (ToSEG) and Dm
-(`train.trainable = "seg_branch"`; the joint stage 1 of train/gan.py is `"all"`).
+(`train.trainable = "seg_branch"`; the joint stage 1 of train/gan.py is `"all"`, and `"image"`
+is its StyleGAN2 half: G's image path and Dr on the unlabeled images, what seg_branch starts from
+when no pretrained StyleGAN2 exists).
 
 G's mapping net, synthesis convs, noise strengths and ToRGB layers stay as they are (no gradient,
 no optimiser state, no path-length regulariser, no Dr update); the ToSEG layers (each a modulated
 1x1 conv with its modulation affine, and a bias: G's params['synthesis']['to_seg*']) and Dm train
 with the joint step's Dm losses:
 
-  1. Dm update: hinge loss on (fake image, fake seg logits) vs labeled (image, mask) (fresh z).
-  2. Every d_reg_every iterations: R1 on Dm (real image + mask), weighted r1 / 2 * d_reg_every.
-  3. ToSEG update (fresh z): hinge "real" loss from Dm + Dm feature matching (lambda_dseg_feat),
-     the image given to Dm detached, as the joint step's G update without its Dr term (which
-     does not reach ToSEG). Only the ToSEG subtree is differentiated, so the synthesis features
-     feeding it are computed forward only: an iteration costs two G forwards plus Dm's updates.
-  4. G_ema: the ToSEG params averaged with the joint mode's EMA decay; the frozen parts stay equal to G's
+  1. One G forward (fresh z, style mixing, fresh noise), linearised in the ToSEG parameters only
+     (`jax.vjp`): the synthesis runs forward once and keeps just what ToSEG's backward needs.
+  2. Dm update: hinge loss on (fake image, fake seg logits) vs labeled (image, mask).
+  3. Every d_reg_every iterations: R1 on Dm (real image + mask), weighted r1 / 2 * d_reg_every.
+  4. ToSEG update on the same fakes, scored by the updated Dm: hinge "real" loss + Dm feature
+     matching (lambda_dseg_feat), the image given to Dm detached, as the joint step's G update
+     without its Dr term (which does not reach ToSEG). The loss's gradient in the fake seg
+     logits is pulled back through step 1's linearisation, so an iteration costs one G forward,
+     ToSEG's backward and Dm's updates. (The joint step draws fresh z for G's update; one draw
+     for both updates is pix2pixHD's, Dm's model, scheme: it halves the frozen G's work.)
+  5. G_ema: the ToSEG params averaged with the joint mode's EMA decay; the frozen parts stay equal to G's
      (both hold one image path from entering the mode on, see below).
 
 The ToSEG optimiser is the reference's G Adam (lr, betas (0, 0.99)) without the lazy
 regularisation scaling, since no G regulariser runs. Dm's optimiser is the joint mode's.
 
 State layout: a `GANState` whose g_opt covers the ToSEG subtree only and whose d_img_opt is None
-(Dr is carried unchanged), which is how a checkpoint's mode is recognised (`saved_trainable`).
-Resuming a checkpoint in the other mode (`Stage1Mode.restore`) keeps every parameter, G_ema, Dm's
+(Dr is carried unchanged), which is how a checkpoint's layout is recognised (`saved_trainable`;
+'all' and 'image' share the joint layout). Resuming a checkpoint in the other layout (`Stage1Mode.restore`) keeps every parameter, G_ema, Dm's
 optimiser state, the step, the key and the data position, and starts fresh optimiser states for
 what trains in the new mode. Entering seg_branch from a joint checkpoint (or a `semgan convert`ed
 StyleGAN2 file) freezes G_ema's image path: G's frozen parts are set to G_ema's, ToSEG keeps G's.
@@ -39,7 +45,7 @@ import optax
 from semgan_jax.train import gan, guard, loop
 from semgan_jax.train.state import ema_decay_at, ema_update
 
-TRAINABLE = ("all", "seg_branch")
+TRAINABLE = ("all", "seg_branch", "image")
 # The optimiser updates of one seg_branch iteration, in the order of `guard.record`'s bits.
 UPDATES = ("Dm", "Dm R1", "ToSEG")
 
@@ -48,6 +54,11 @@ def check_trainable(trainable: str) -> str:
     if trainable not in TRAINABLE:
         raise ValueError(f"train.trainable must be one of {TRAINABLE}, got {trainable!r}")
     return trainable
+
+
+def layout(trainable: str) -> str:
+    """The state layout of mode `trainable`: 'seg_branch', or 'all' (the joint layout, also 'image''s)."""
+    return "seg_branch" if trainable == "seg_branch" else "all"
 
 
 def to_seg(g_params) -> dict:
@@ -91,22 +102,27 @@ def regularize_flags(step: int, hp: gan.GANHParams) -> tuple[bool]:
 def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, batch: dict, *, d_reg: bool):
     """One seg_branch iteration (module docstring); batch as `gan.train_step`'s ('image' unused).
     Returns (new state, metrics dict of float32 scalars)."""
-    key, k_dseg, k_g = jax.random.split(state.key, 3)
+    key, k_g = jax.random.split(state.key)
     real_seg_in = jnp.concatenate([batch["seg_image"], batch["seg_mask"]], axis=-1)
-    b = hp.batch_size
     metrics = {}
 
     aug_dm = gan.discriminator_augmenters(hp, state.key, models.g.image_channels)[1]
 
-    # 1. Dm
-    fake_img, fake_seg = gan.generate(models, state.g, k_dseg, b, hp.mixing)
+    # 1. one G forward, differentiable in ToSEG only (the frozen synthesis has no tangent)
+    def draw(seg):
+        return gan.generate(models, with_to_seg(state.g, seg), k_g, hp.batch_size, hp.mixing)
+
+    seg = to_seg(state.g)
+    (fake_img, fake_seg), pull_back = jax.vjp(draw, seg)
+
+    # 2. Dm
     fake_seg_in = gan.dm_fake_input(fake_img, fake_seg, hp.fake_mask)
     (loss, (spectral, real_score, fake_score)), grads = jax.value_and_grad(gan.dm_loss, has_aux=True)(
         state.d_seg, state.d_seg_spectral, models, fake_seg_in, real_seg_in, aug_dm, hp.dm_mismatch)
     d_seg, d_seg_opt, ok_d_seg = guard.apply_updates(models.d_seg_tx, grads, state.d_seg_opt, state.d_seg, loss)
     metrics.update(d_seg=loss, d_seg_real_score=real_score, d_seg_fake_score=fake_score)
 
-    # 2. lazy R1 on Dm
+    # 3. lazy R1 on Dm
     last_reg, ok_r1 = state.last_reg, jnp.array(True)
     if d_reg:
         (r1, spectral), grads = jax.value_and_grad(gan.dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
@@ -115,19 +131,18 @@ def train_step(models: gan.GANModels, hp: gan.GANHParams, state: gan.GANState, b
         d_seg, d_seg_opt, ok_r1 = guard.apply_updates(models.d_seg_tx, grads, d_seg_opt, d_seg, r1)
         last_reg = {**last_reg, "r1_seg": r1}
 
-    # 3. ToSEG: only this subtree is differentiated, so the synthesis runs forward only
-    def seg_loss(seg, spectral):
-        fake_img, fake_seg = gan.generate(models, with_to_seg(state.g, seg), k_g, b, hp.mixing)
+    # 4. ToSEG: the loss's gradient in the seg logits, pulled back to the ToSEG parameters
+    def seg_loss(fake_seg, spectral):
         adv, feat, spectral = gan.dm_generator_loss(d_seg, spectral, models, fake_img, fake_seg, real_seg_in, aug_dm,
                                                     hp.lambda_dseg_feat, hp.fake_mask)
         return adv + feat, (spectral, {"g": adv + feat, "g_seg_adv": adv, "g_seg_feat": feat})
 
-    seg = to_seg(state.g)
-    (loss, (spectral, g_metrics)), grads = jax.value_and_grad(seg_loss, has_aux=True)(seg, spectral)
+    (loss, (spectral, g_metrics)), grad_seg = jax.value_and_grad(seg_loss, has_aux=True)(fake_seg, spectral)
+    (grads,) = pull_back((jnp.zeros_like(fake_img), grad_seg))
     seg, g_opt, ok_seg = guard.apply_updates(models.g_tx, grads, state.g_opt, seg, loss)
     metrics.update(g_metrics)
 
-    # 4. G_ema: its frozen parts equal G's (`from_joint`) and stay; ToSEG averaged
+    # 5. G_ema: its frozen parts equal G's (`from_joint`) and stay; ToSEG averaged
     g = with_to_seg(state.g, seg)
     g_ema = with_to_seg(state.g_ema, ema_update(to_seg(state.g_ema), seg,
                                                   ema_decay_at(state.step, hp.ema_decay, hp.ema_rampup)))
@@ -158,8 +173,8 @@ def jit_train_step(models: gan.GANModels, hp: gan.GANHParams, mesh):
 # --------------------------------------------------------------------------------------------
 
 def saved_trainable(ckpt, step: int) -> str | None:
-    """The mode whose layout checkpoint `step` of `ckpt` (a `checkpoint.Checkpointer`) holds;
-    None when its metadata does not read (a damaged checkpoint, which `Checkpointer.restore`
+    """The layout ('all' or 'seg_branch') checkpoint `step` of `ckpt` (a `checkpoint.Checkpointer`)
+    holds; None when its metadata does not read (a damaged checkpoint, which `Checkpointer.restore`
     reports and replaces by an older one)."""
     import orbax.checkpoint as ocp
 
@@ -171,7 +186,7 @@ def saved_trainable(ckpt, step: int) -> str | None:
 
 
 def latest_trainable(directory) -> str:
-    """The mode of the latest checkpoint in `directory` (a run's checkpoints/); 'all' when there
+    """The layout of the latest checkpoint in `directory` (a run's checkpoints/); 'all' when there
     is none or it does not read."""
     from semgan_jax.checkpoint import Checkpointer
 
@@ -189,7 +204,7 @@ def init_state_as(models: gan.GANModels, key, trainable: str) -> gan.GANState:
     """A fresh state in the layout of mode `trainable` (what a checkpoint of it restores into;
     models: the joint mode's)."""
     state = gan.init_state(models, key)
-    return from_joint(state) if trainable == "seg_branch" else state
+    return from_joint(state) if layout(trainable) == "seg_branch" else state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,24 +221,24 @@ class Stage1Mode:
         return init_state_as(self.joint_models, key, self.trainable)
 
     def convert(self, state: gan.GANState) -> gan.GANState:
-        """A state of the other mode in this mode's layout."""
-        return from_joint(state) if self.trainable == "seg_branch" else to_joint(self.models, state)
+        """A state of the other layout in this mode's layout."""
+        return from_joint(state) if layout(self.trainable) == "seg_branch" else to_joint(self.models, state)
 
     def restore(self, ckpt, state: gan.GANState, iterators: dict) -> gan.GANState:
-        """`loop.restore_latest` for a checkpoint of either mode (one of the other mode is
+        """`loop.restore_latest` for a checkpoint of either layout (one of the other layout is
         converted: module docstring)."""
         step = ckpt.latest_step()
         if step is None:
             return state
         saved = saved_trainable(ckpt, step)
-        if saved in (None, self.trainable):
+        if saved in (None, layout(self.trainable)):
             return loop.restore_latest(ckpt, state, iterators)
-        other = TRAINABLE[1 - TRAINABLE.index(self.trainable)]
+        other = saved
         sharding = jax.tree.leaves(state)[0].sharding
         like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
                             jax.eval_shape(lambda: init_state_as(self.joint_models, jax.random.PRNGKey(0), other)))
         restored = loop.restore_latest(ckpt, like, iterators)
-        print(f"step {step} was trained with train.trainable={other!r}; continuing with {self.trainable!r} "
+        print(f"step {step} was saved in the {other!r} layout; continuing with train.trainable={self.trainable!r} "
               "(parameters kept, fresh optimiser state for what now trains)")
         return jax.jit(self.convert, out_shardings=sharding)(restored)
 
@@ -231,8 +246,8 @@ class Stage1Mode:
 def stage1_mode(train_cfg, models: gan.GANModels, hp: gan.GANHParams, mesh) -> Stage1Mode:
     """The mode `train_cfg.trainable` names ('all' when the field is absent: runs saved before it)."""
     trainable = check_trainable(train_cfg.get("trainable", "all"))
-    if trainable == "all":
-        return Stage1Mode(trainable, models, models, gan.jit_train_step(models, hp, mesh),
+    if trainable != "seg_branch":
+        return Stage1Mode(trainable, models, models, gan.jit_train_step(models, hp, mesh, labels=trainable == "all"),
                           lambda i: gan.regularize_flags(i, hp), gan.UPDATES)
     seg_models = build_models(models, train_cfg.lr)
     return Stage1Mode(trainable, seg_models, models, jit_train_step(seg_models, hp, mesh),
