@@ -77,6 +77,12 @@ def amortised_iteration(ms: dict, d_reg_every: int, g_reg_every: int) -> float:
     return plain + (ms["r1"] - plain) / d_reg_every + (ms["path"] - plain) / g_reg_every
 
 
+def lowered_flops(jitted, *args) -> float:
+    """FLOPs of `jitted(*args)`'s lowered program (XLA's cost analysis before optimisation; nothing
+    compiled or run: seconds where a compile takes minutes)."""
+    return float(jitted.lower(*args).cost_analysis()["flops"])
+
+
 def spread(stats: dict) -> str:
     """'min-max' of a time_calls result, in ms."""
     return f"{stats['min']:.0f}-{stats['max']:.0f}"

@@ -5,6 +5,7 @@ randomly initialised networks and random batches.
     python benchmarks/ours.py --what stage1  --size 64  --channel-multiplier 2 --batch 8
     python benchmarks/ours.py --what encoder --size 64  --batch 8
     python benchmarks/ours.py --what segment --size 256 --batch 64 --steps 100 --steps-timed 5
+    python benchmarks/ours.py --what encoder --size 256 --batch 16 --flops-only   # XLA's FLOPs, nothing run
     options: --width full|narrow  --dtype float32|bfloat16  --repeats 5 --warmup 1  --json out.json
              --cpu-convs auto|ynnpack|eigen  --tf32
 
@@ -43,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import amortised_iteration, peak_flops, report, spread, time_calls  # noqa: E402
+from common import amortised_iteration, lowered_flops, peak_flops, report, spread, time_calls  # noqa: E402
 
 from semgan_jax import infer  # noqa: E402
 from semgan_jax.config import apply_overrides, load_config_file  # noqa: E402
@@ -162,6 +163,9 @@ def bench_encoder(a) -> dict:
     state = jax.jit(lambda k: stage2.init_state(models, k), out_shardings=replicated(mesh))(key)
     step = stage2.jit_train_step(models, stage2.hparams_from_config(e_cfg.train), mesh)
     frozen = jax.device_put(frozen, replicated(mesh))
+    if a.flops_only:
+        return {"impl": "ours", "what": a.what, "size": a.size, "batch": a.batch, "width": a.width, "lpips": a.lpips,
+                "gflop_per_iteration": lowered_flops(step, state, batch, frozen) / 1e9, "flops_only": True}
     compiled, compile_s, flops, mem = compile_timed(step, state, batch, frozen)
     call, latest = run_donated(compiled, state, batch, frozen)
     stats = time_calls(call, a.repeats, a.warmup)
@@ -243,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-only", action="store_true",
                    help="compile, time nothing (stage1: the four variants plain, +R1, +path, both; segment: the "
                         "--steps-timed loop); reports compile time and, on the CPU, XLA's memory estimate")
+    p.add_argument("--flops-only", action="store_true",
+                   help="encoder: lower the step and print XLA's FLOPs per iteration; compile and run nothing "
+                        "(stage 1: benchmarks/seg_branch.py --flops-only)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--cpu-convs", choices=("auto", *CONV_LIBRARIES), default="auto",
@@ -260,12 +267,17 @@ def cpu_convs(a) -> str:
 
 def main(argv=None) -> dict:
     a = build_parser().parse_args(argv)
+    if a.flops_only and a.what != "encoder":
+        raise SystemExit("--flops-only: --what encoder only (stage 1: benchmarks/seg_branch.py --flops-only)")
     use_cpu_conv_library(cpu_convs(a))
     dev = jax.devices()[0]
     if dev.platform != "cpu" and a.dtype == "float32":  # the official side sets torch's TF32 flags alike
         jax.config.update("jax_default_matmul_precision", "tensorfloat32" if a.tf32 else "float32")
     peak_flops(dev.device_kind, dev.platform, a.dtype)  # a first CPU sample, before the benchmark loads the machine
     r = BENCHES[a.what](a)
+    if a.flops_only:
+        print(f"encoder {a.size} px batch {a.batch} {a.width}: {r['gflop_per_iteration']:.1f} GFLOP per iteration")
+        return r
     report(r, a.json)
     return r
 

@@ -27,7 +27,7 @@ import jax
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from common import amortised_iteration, time_calls  # noqa: E402
+from common import amortised_iteration, lowered_flops, time_calls  # noqa: E402
 from ours import compile_timed, configs, cpu_convs, random_batch, run_donated  # noqa: E402
 
 from semgan_jax.parallel import make_mesh, replicated  # noqa: E402
@@ -60,11 +60,6 @@ def bench_mode(trainable: str, cfg, mesh, batch, a) -> dict:
         out["g_forward_flops"] = lowered_flops(jax.jit(lambda p, k: gan.generate(models, p, k, hp.batch_size, hp.mixing)),
                                                state.g, jax.random.PRNGKey(1))
     return out
-
-
-def lowered_flops(jitted, *args) -> float:
-    """FLOPs of the lowered program (XLA's cost analysis before optimisation)."""
-    return float(jitted.lower(*args).cost_analysis()["flops"])
 
 
 def main(argv=None) -> dict:

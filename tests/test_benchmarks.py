@@ -104,6 +104,18 @@ def test_ours_times_a_tiny_encoder_iteration(tmp_path):
     assert r["params"]["e"] > 0 and json.loads(out.read_text())[-1]["what"] == "encoder"
 
 
+@pytest.mark.slow  # lowers the stage-2 step three times (about a minute on 2 cores)
+def test_ours_flops_only_counts_the_encoder_step_without_compiling():
+    """--flops-only lowers the stage-2 step: the count is affine in the batch (the same work per
+    image on top of the per-step work) and stage 1 is pointed to seg_branch.py's count."""
+    ours = importlib.import_module("ours")
+    args = ["--what", "encoder", "--size", "16", "--width", "narrow", "--no-lpips", "--flops-only"]
+    two, four, six = (ours.main([*args, "--batch", str(b)])["gflop_per_iteration"] for b in (2, 4, 6))
+    assert 0 < two < four < six and (six - four) == pytest.approx(four - two, rel=1e-3)
+    with pytest.raises(SystemExit, match="encoder only"):
+        ours.main(["--what", "stage1", "--flops-only"])
+
+
 @pytest.mark.slow  # compiles four stage-1 programs (about 2 minutes on 2 cores)
 def test_ours_compile_only_compiles_the_four_stage1_variants():
     ours = importlib.import_module("ours")
