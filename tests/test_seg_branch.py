@@ -152,7 +152,8 @@ def test_joint_run_continues_in_seg_branch_and_back(tmp_path):
 
 def test_trainable_is_checked():
     cfg = tiny_gan_config(**{"train.trainable": "to_seg"})
-    with pytest.raises(ValueError, match=r"train.trainable must be one of \('all', 'seg_branch', 'image'\), got 'to_seg'"):
+    with pytest.raises(ValueError,
+                       match=r"train.trainable must be one of \('all', 'seg_branch', 'image'\), got 'to_seg'"):
         seg_branch.stage1_mode(cfg.train, None, None, None)
 
 

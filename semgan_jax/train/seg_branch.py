@@ -26,9 +26,9 @@ regularisation scaling, since no G regulariser runs. Dm's optimiser is the joint
 
 State layout: a `GANState` whose g_opt covers the ToSEG subtree only and whose d_img_opt is None
 (Dr is carried unchanged), which is how a checkpoint's layout is recognised (`saved_trainable`;
-'all' and 'image' share the joint layout). Resuming a checkpoint in the other layout (`Stage1Mode.restore`) keeps every parameter, G_ema, Dm's
-optimiser state, the step, the key and the data position, and starts fresh optimiser states for
-what trains in the new mode. Entering seg_branch from a joint checkpoint (or a `semgan convert`ed
+'all' and 'image' share the joint layout). Resuming a checkpoint in the other layout
+(`Stage1Mode.restore`) keeps every parameter, G_ema, Dm's optimiser state, the step, the key and
+the data position, and starts fresh optimiser states for what trains in the new mode. Entering seg_branch from a joint checkpoint (or a `semgan convert`ed
 StyleGAN2 file) freezes G_ema's image path: G's frozen parts are set to G_ema's, ToSEG keeps G's.
 """
 
