@@ -252,8 +252,8 @@ def read_workdir(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     if "model" not in run or "d_reg_every" not in run.get("train", {}):
         raise ConversionError(f"{path} is neither a stage-1 nor a stage-2 run config")
     models = gan.build_models(run.model, run.train.lr, run.train.d_reg_every, run.train.g_reg_every)
-    trainable = seg_branch.latest_trainable(directory / "checkpoints")  # the checkpoint's layout
-    state = _restore(directory, lambda: seg_branch.init_state_as(models, jax.random.PRNGKey(0), trainable))
+    layout = seg_branch.latest_layout(directory / "checkpoints")
+    state = _restore(directory, lambda: seg_branch.init_state_as(models, jax.random.PRNGKey(0), layout))
     config = {"model": run.model.to_dict(), "train": run.train.to_dict(), "log": run.log.to_dict(),
               "networks": ["g", "g_ema", "d_img", "d_seg"]}
     variables = {"g": {"params": state.g, "noises": state.g_noises},

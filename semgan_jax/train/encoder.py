@@ -333,9 +333,9 @@ def load_stage1(stage1_dir: str | Path, mesh=None):
     cfg = load_stage1_config(stage1_dir)
     gm = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
     mesh = mesh or parallel.make_mesh(1)
-    trainable = seg_branch.latest_trainable(Path(stage1_dir) / "checkpoints")  # the checkpoint's layout
+    layout = seg_branch.latest_layout(Path(stage1_dir) / "checkpoints")
     state, _ = restore_latest(Path(stage1_dir) / "checkpoints",
-                              lambda: seg_branch.init_state_as(gm, jax.random.PRNGKey(0), trainable),
+                              lambda: seg_branch.init_state_as(gm, jax.random.PRNGKey(0), layout),
                               parallel.replicated(mesh), "stage-1 checkpoint")
     return cfg, gm, state
 

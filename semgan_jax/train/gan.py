@@ -422,15 +422,16 @@ def train_step(models: GANModels, hp: GANHParams, state: GANState, batch: dict, 
         d_img, d_img_opt, ok_i = guard.apply_updates(models.d_img_tx, r1_scaled(grads, r1_dr, hp.d_reg_every),
                                                      d_img_opt, d_img, r1_i)
         d_img, d_img_opt = _pin("Dr R1", d_img, d_img_opt)
-        if not labels:
-            return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i}, ok_i, jnp.array(True)
+        last, ok_s = {**last, "r1_img": r1_i}, jnp.array(True)
 
-        (r1_s, spectral), grads = jax.value_and_grad(dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
-                                                                        aug_dm)
-        d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, r1_scaled(grads, r1_dm, hp.d_reg_every),
-                                                     d_seg_opt, d_seg, r1_s)
-        d_seg, d_seg_opt, spectral = _pin("Dm R1", d_seg, d_seg_opt, spectral)
-        return d_img, d_img_opt, d_seg, d_seg_opt, spectral, {**last, "r1_img": r1_i, "r1_seg": r1_s}, ok_i, ok_s
+        if labels:
+            (r1_s, spectral), grads = jax.value_and_grad(dm_r1, has_aux=True)(d_seg, spectral, models, real_seg_in,
+                                                                            aug_dm)
+            d_seg, d_seg_opt, ok_s = guard.apply_updates(models.d_seg_tx, r1_scaled(grads, r1_dm, hp.d_reg_every),
+                                                         d_seg_opt, d_seg, r1_s)
+            d_seg, d_seg_opt, spectral = _pin("Dm R1", d_seg, d_seg_opt, spectral)
+            last = {**last, "r1_seg": r1_s}
+        return d_img, d_img_opt, d_seg, d_seg_opt, spectral, last, ok_i, ok_s
 
     last_reg = state.last_reg
     ok_r1_img = ok_r1_seg = ok_path = jnp.array(True)

@@ -25,11 +25,12 @@ The ToSEG optimiser is the reference's G Adam (lr, betas (0, 0.99)) without the 
 regularisation scaling, since no G regulariser runs. Dm's optimiser is the joint mode's.
 
 State layout: a `GANState` whose g_opt covers the ToSEG subtree only and whose d_img_opt is None
-(Dr is carried unchanged), which is how a checkpoint's layout is recognised (`saved_trainable`;
+(Dr is carried unchanged), which is how a checkpoint's layout is recognised (`saved_layout`;
 'all' and 'image' share the joint layout). Resuming a checkpoint in the other layout
 (`Stage1Mode.restore`) keeps every parameter, G_ema, Dm's optimiser state, the step, the key and
-the data position, and starts fresh optimiser states for what trains in the new mode. Entering seg_branch from a joint checkpoint (or a `semgan convert`ed
-StyleGAN2 file) freezes G_ema's image path: G's frozen parts are set to G_ema's, ToSEG keeps G's.
+the data position, and starts fresh optimiser states for what trains in the new mode. Entering
+seg_branch from a joint checkpoint (or a `semgan convert`ed StyleGAN2 file) freezes G_ema's image
+path: G's frozen parts are set to G_ema's, ToSEG keeps G's.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ def jit_train_step(models: gan.GANModels, hp: gan.GANHParams, mesh):
 # Checkpoints of either mode
 # --------------------------------------------------------------------------------------------
 
-def saved_trainable(ckpt, step: int) -> str | None:
+def saved_layout(ckpt, step: int) -> str | None:
     """The layout ('all' or 'seg_branch') checkpoint `step` of `ckpt` (a `checkpoint.Checkpointer`)
     holds; None when its metadata does not read (a damaged checkpoint, which `Checkpointer.restore`
     reports and replaces by an older one)."""
@@ -185,7 +186,7 @@ def saved_trainable(ckpt, step: int) -> str | None:
         return None
 
 
-def latest_trainable(directory) -> str:
+def latest_layout(directory) -> str:
     """The layout of the latest checkpoint in `directory` (a run's checkpoints/); 'all' when there
     is none or it does not read."""
     from semgan_jax.checkpoint import Checkpointer
@@ -195,7 +196,7 @@ def latest_trainable(directory) -> str:
     ckpt = Checkpointer(directory)
     try:
         step = ckpt.latest_step()
-        return (step is not None and saved_trainable(ckpt, step)) or "all"
+        return (step is not None and saved_layout(ckpt, step)) or "all"
     finally:
         ckpt.close()
 
@@ -230,15 +231,14 @@ class Stage1Mode:
         step = ckpt.latest_step()
         if step is None:
             return state
-        saved = saved_trainable(ckpt, step)
+        saved = saved_layout(ckpt, step)
         if saved in (None, layout(self.trainable)):
             return loop.restore_latest(ckpt, state, iterators)
-        other = saved
         sharding = jax.tree.leaves(state)[0].sharding
         like = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                            jax.eval_shape(lambda: init_state_as(self.joint_models, jax.random.PRNGKey(0), other)))
+                            jax.eval_shape(lambda: init_state_as(self.joint_models, jax.random.PRNGKey(0), saved)))
         restored = loop.restore_latest(ckpt, like, iterators)
-        print(f"step {step} was saved in the {other!r} layout; continuing with train.trainable={self.trainable!r} "
+        print(f"step {step} was saved in the {saved!r} layout; continuing with train.trainable={self.trainable!r} "
               "(parameters kept, fresh optimiser state for what now trains)")
         return jax.jit(self.convert, out_shardings=sharding)(restored)
 
