@@ -175,7 +175,7 @@ def test_converted_stylegan2_trains_in_seg_branch(tmp_path):
             "--config.log.viz_every=1000", "--config.train.batch_size=4"]
     out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "continuing with 'seg_branch'" in out.stdout
+    assert "continuing with train.trainable='seg_branch'" in out.stdout
     rows = read_metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["g"]) and np.isfinite(r["d_seg"]) for r in rows)
     cfg, trained = read_workdir(run)
