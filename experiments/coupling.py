@@ -20,6 +20,7 @@ that need no oracle.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 
@@ -41,10 +42,15 @@ def next_mask_iou(masks: np.ndarray, num_classes: int) -> dict:
     return {"miou": d["miou"], "iou": d["iou"]}
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _mean_dm_score(models, d_seg, spectral, x):
+    feats, _ = gan._dm(models, d_seg, spectral, x)
+    return sum(jnp.mean(f[-1], axis=(1, 2, 3)) for f in feats) / len(feats)
+
+
 def dm_scores(models, state, image, mask) -> np.ndarray:
     """Dm's per-example score of (image, mask) pairs (N, H, W, C) and (N, H, W, seg_dim)."""
-    feats, _ = gan._dm(models, state.d_seg, state.d_seg_spectral, jnp.concatenate([image, mask], -1))
-    return np.asarray(sum(jnp.mean(f[-1], axis=(1, 2, 3)) for f in feats) / len(feats))
+    return np.asarray(_mean_dm_score(models, state.d_seg, state.d_seg_spectral, jnp.concatenate([image, mask], -1)))
 
 
 def alignment_row(models, state, image, mask) -> dict:
@@ -65,7 +71,8 @@ def measure(run: str, n: int) -> dict:
     align = {"labeled train pairs (Dm's reals)": alignment_row(models, state, labeled["image"], labeled["mask_onehot"]),
              "test pairs (unseen)": alignment_row(models, state, test["image"], test["mask_onehot"])}
     for net in ("g", "g_ema"):
-        image, seg = gan.generate(models, getattr(state, net), jax.random.key(3), 256, 0.0)
+        image, seg = jax.jit(gan.generate, static_argnums=(0, 3, 4))(models, getattr(state, net), jax.random.key(3),
+                                                                     256, 0.0)
         variety[f"{net} masks"] = next_mask_iou(np.asarray(jnp.argmax(seg, -1)), k)
         align[f"{net} pairs, raw logits"] = alignment_row(models, state, image[:n], seg[:n])
         align[f"{net} pairs, one-hot"] = alignment_row(models, state, image[:n], gan.dm_mask(seg[:n], "hard"))

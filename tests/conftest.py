@@ -69,9 +69,44 @@ if _COMPILE_REPORT:
 
     jax.monitoring.register_event_duration_secs_listener(_record_compile)
 
+    # Per program as well: module name, persistent-cache key and outcome, seconds (XLA compile
+    # or cache load), so the report can tell one program compiled by many tests from many programs.
+    from jax._src import compiler as _compiler
+
+    _programs: list = []
+    _outcome: dict = {}
+
+    def _wrap_log(name):
+        original = getattr(_compiler, name)
+
+        def log(module_name, cache_key, *a, **k):
+            _outcome.update(outcome=name.rsplit("_", 1)[1], key=cache_key)
+            return original(module_name, cache_key, *a, **k)
+        setattr(_compiler, name, log)
+
+    _wrap_log("log_persistent_cache_hit")
+    _wrap_log("log_persistent_cache_miss")
+    _compile_or_get_cached = _compiler.compile_or_get_cached
+
+    def _timed_compile(backend, computation, *a, **k):
+        import time
+
+        from jax._src.lib.mlir import ir
+
+        _outcome.clear()
+        t0 = time.perf_counter()
+        out = _compile_or_get_cached(backend, computation, *a, **k)
+        name = ir.StringAttr(computation.operation.attributes["sym_name"]).value
+        test = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)").rsplit(" (", 1)[0]
+        _programs.append({"test": test, "module": name, "s": time.perf_counter() - t0,
+                          "outcome": _outcome.get("outcome", "uncached"), "key": _outcome.get("key")})
+        return out
+    _compiler.compile_or_get_cached = _timed_compile
+
     def pytest_sessionfinish(session):
         import json
 
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         Path(_COMPILE_REPORT).mkdir(parents=True, exist_ok=True)
         (Path(_COMPILE_REPORT) / f"{worker}.json").write_text(json.dumps(_compile_times, indent=1))
+        (Path(_COMPILE_REPORT) / f"{worker}.programs.json").write_text(json.dumps(_programs))

@@ -97,20 +97,20 @@ def test_augmentation_is_differentiable_and_site_dependent():
 
 @functools.lru_cache(maxsize=None)
 def _step(**train):
-    """(state, metrics) of one tiny stage-1 iteration with R1 under `train` overrides: the loop's
-    program (gan.jit_train_step), so the reference one is shared with the other tiny-config tests."""
-    from semgan_jax.parallel import make_mesh
+    """(state, metrics) of one tiny stage-1 iteration with R1 and path length under `train`
+    overrides: the loop's program for iteration 0 (gan.programs), so the reference one is the
+    other tiny-config tests' (tests/test_gan_step.py)."""
+    from semgan_jax.parallel import global_batch, make_mesh
 
     cfg = tiny_gan_config(**{f"train.{k}": v for k, v in train.items()})
-    models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
-    hp = gan.hparams_from_config(cfg.train)
-    state = gan.init_state(models, jax.random.key(0))
+    _, mode, init, _ = gan.programs(cfg, make_mesh(1))
+    state = init(jax.random.PRNGKey(0))  # as gan.train: the same programs
     n, size = cfg.train.batch_size, cfg.model.size
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
              "seg_image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
              "seg_mask": np.eye(6, dtype=np.float32)[rng.integers(0, 6, (n, size, size))] * 2 - 1}
-    state, metrics = gan.jit_train_step(models, hp, make_mesh(1))(state, batch, True, False)
+    state, metrics = mode.step(state, global_batch(batch, make_mesh(1)), *mode.flags(0))
     return state, {k: float(v) for k, v in metrics.items()}
 
 

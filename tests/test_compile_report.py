@@ -32,3 +32,4 @@ def test_compile_report_names_the_test_and_its_compiles(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "tools" / "compile_report.py"), str(tmp_path / "report")],
                          capture_output=True, text=True, check=True).stdout
     assert "in 2 compiles" in out and "test_jit.py::test_two_programs" in out
+    assert "2 programs with a cache key: compiled 2 times" in out

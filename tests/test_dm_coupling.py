@@ -56,7 +56,7 @@ def test_mismatched_pairs_keep_images_and_roll_masks():
 def _dm_setup():
     cfg = tiny_gan_config()
     models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
-    state = gan.init_state(models, jax.random.key(0))
+    state = jax.jit(lambda k: gan.init_state(models, k))(jax.random.key(0))
     rng = np.random.default_rng(0)
     n, s, k = 4, cfg.model.size, cfg.model.seg_dim
     real = np.concatenate([rng.uniform(-1, 1, (n, s, s, 3)), np.eye(k)[rng.integers(0, k, (n, s, s))] * 2 - 1], -1)
@@ -67,13 +67,18 @@ def _dm_setup():
 def test_dm_mismatch_adds_the_hinge_fake_loss_of_mismatched_real_pairs():
     models, state, fake, real = _dm_setup()
     ident = lambda site, x: x  # noqa: E731
-    base, (_, real_score, fake_score) = gan.dm_loss(state.d_seg, state.d_seg_spectral, models, fake, real, ident)
-    with_mismatch, (_, real_score2, _) = gan.dm_loss(state.d_seg, state.d_seg_spectral, models, fake, real, ident,
-                                                     mismatch=0.5)
-    # the same Dm calls in the same order (each advances the spectral-norm power iteration)
-    _, sp = gan._dm(models, state.d_seg, state.d_seg_spectral, fake)
-    _, sp = gan._dm(models, state.d_seg, sp, real)
-    wrong, _ = gan._dm(models, state.d_seg, sp, gan.mismatched_pairs(real, models.g.image_channels))
+
+    @jax.jit
+    def run(d, spectral):
+        base, (_, real_score, _) = gan.dm_loss(d, spectral, models, fake, real, ident)
+        with_mismatch, (_, real_score2, _) = gan.dm_loss(d, spectral, models, fake, real, ident, mismatch=0.5)
+        # the same Dm calls in the same order (each advances the spectral-norm power iteration)
+        _, sp = gan._dm(models, d, spectral, fake)
+        _, sp = gan._dm(models, d, sp, real)
+        wrong, _ = gan._dm(models, d, sp, gan.mismatched_pairs(real, models.g.image_channels))
+        return base, real_score, with_mismatch, real_score2, wrong
+
+    base, real_score, with_mismatch, real_score2, wrong = run(state.d_seg, state.d_seg_spectral)
     from semgan_jax import losses
 
     np.testing.assert_allclose(real_score2, real_score, rtol=1e-6)

@@ -11,7 +11,7 @@ DR = ImageDiscriminator(size=16, channel_max=16)
 
 
 def _setup():
-    params = DR.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    params = jax.jit(DR.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
     keys = jax.random.split(jax.random.PRNGKey(1), 2)
     x0, x1 = (jax.random.uniform(k, (3, 16, 16, 3), minval=-1, maxval=1) for k in keys)
     return params, x0, x1
@@ -22,9 +22,10 @@ def test_distance_is_lpips_baseline_on_dr_features():
     the channel-summed squared difference of unit-normalised features, computed here in numpy
     from the trunk's own outputs."""
     params, x0, x1 = _setup()
-    got = np.asarray(DrDistance(DR).apply({"params": variables_for(params)}, x0, x1))
+    got = np.asarray(jax.jit(DrDistance(DR).apply)({"params": variables_for(params)}, x0, x1))
     trunk = ResidualTrunk(16, DR.channel_multiplier, DR.channel_base, DR.channel_max)
-    feats = trunk.apply({"params": params["trunk"]}, jnp.concatenate([x0, x1]), features=True)
+    feats = jax.jit(lambda p, x: trunk.apply({"params": p}, x, features=True))(params["trunk"],
+                                                                               jnp.concatenate([x0, x1]))
     assert [f.shape[1] for f in feats] == [16, 8, 4]
     want = np.zeros(3)
     for f in feats:
@@ -39,9 +40,10 @@ def test_distance_is_zero_for_equal_images_symmetric_and_differentiable():
     params, x0, x1 = _setup()
     d = DrDistance(DR)
     v = {"params": variables_for(params)}
-    np.testing.assert_allclose(np.asarray(d.apply(v, x0, x0)), 0.0, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(d.apply(v, x0, x1)), np.asarray(d.apply(v, x1, x0)), rtol=1e-6)
-    grad = jax.grad(lambda x: jnp.sum(d.apply(v, x, x1)))(x0)
+    dist = jax.jit(d.apply)
+    np.testing.assert_allclose(np.asarray(dist(v, x0, x0)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dist(v, x0, x1)), np.asarray(dist(v, x1, x0)), rtol=1e-6)
+    grad = jax.jit(jax.grad(lambda x: jnp.sum(d.apply(v, x, x1))))(x0)
     assert np.isfinite(grad).all() and float(jnp.abs(grad).sum()) > 0
 
 

@@ -83,20 +83,19 @@ def test_wrong_stage_is_named(runs):
 def test_encoder_step_lowers_both_losses_on_a_fixed_batch(runs):
     """With the perceptual term on (Dr's), 12 iterations of the reference's two updates on one
     batch lower the unlabeled and the labeled loss; the labeled optimiser's Lookahead copy starts
-    from the weights at its first step. The step is the loop's program (jit_train_step: the `runs`
-    fixture compiled it, so this is a compilation-cache hit)."""
-    from semgan_jax.parallel import make_mesh
+    from the weights at its first step. The step is the loop's program: the `runs` fixture ran it,
+    and stage2.programs gives this process's compiled program back (fed as the loop feeds it)."""
+    from semgan_jax.parallel import global_batch, make_mesh, replicated
 
-    s1, gm, s1_state = stage2.load_stage1(runs / "stage1")
+    mesh = make_mesh(1)
+    s1, gm, s1_state = stage2.load_stage1(runs / "stage1", mesh)
     cfg = tiny_encoder_config(runs / "stage1", **PERCEPTUAL)
     lp, lp_params = stage2.load_perceptual(cfg.lpips, gm, s1_state)
-    models = stage2.build_models(s1.model, cfg, lp)
-    hp = stage2.hparams_from_config(cfg.train)
-    frozen = {"g": s1_state.g_ema, "lpips": lp_params}
-    state = jax.jit(lambda k: stage2.init_state(models, k))(jax.random.PRNGKey(0))  # distinct buffers
-    loop_step = stage2.jit_train_step(models, hp, make_mesh(1))
+    models, init, loop_step = stage2.programs(s1.model, cfg, lp, mesh)
+    frozen = jax.device_put({"g": s1_state.g_ema, "lpips": lp_params}, replicated(mesh))
+    state = init(jax.random.PRNGKey(0), frozen["g"])
     step = lambda s, b: loop_step(s, b, frozen)  # noqa: E731
-    batch = fixed_batch()
+    batch = global_batch(jax.device_get(fixed_batch()), mesh)
     p0 = jax.tree.map(np.array, state.params)
     history = []
     for i in range(12):
@@ -122,27 +121,29 @@ def test_start_from_latent_avg_adds_g_mean_w_that_no_update_moves(runs):
     s1, _, s1_state = stage2.load_stage1(runs / "stage1")
     on = stage2.build_models(s1.model, tiny_encoder_config(runs / "stage1", **{"encoder.start_from_latent_avg": True}))
     off = stage2.build_models(s1.model, tiny_encoder_config(runs / "stage1"))
-    state = stage2.init_state(on, jax.random.PRNGKey(0), s1_state.g_ema)
+    # every computation jitted: run op by op, this test compiled ~1,400 programs (70 s cold)
+    state = jax.jit(lambda k, g: stage2.init_state(on, k, g))(jax.random.PRNGKey(0), s1_state.g_ema)
     avg = np.asarray(state.params["latent_avg"])
     # an independent estimate of G's mean w, from other z: equal within sampling error
     z = jax.random.normal(jax.random.PRNGKey(7), (20_000, s1.model.style_dim))
-    w = np.asarray(on.g.apply({"params": s1_state.g_ema}, z, method=type(on.g).get_latent))
+    w = np.asarray(jax.jit(lambda z: on.g.apply({"params": s1_state.g_ema}, z, method=type(on.g).get_latent))(z))
     assert avg.shape == (s1.model.style_dim,) and np.abs(avg).max() > 0.1
     np.testing.assert_allclose(avg, w.mean(0), atol=5 * float(w.std(0).max()) / np.sqrt(10_000))
-    assert np.all(np.asarray(stage2.init_state(on, jax.random.PRNGKey(0)).params["latent_avg"]) == 0)  # template
+    template = jax.jit(lambda k: stage2.init_state(on, k))(jax.random.PRNGKey(0))
+    assert np.all(np.asarray(template.params["latent_avg"]) == 0)
 
     x = fixed_batch()["image"]
     rest = {k: v for k, v in state.params.items() if k != "latent_avg"}
-    w_on = on.e.apply(stage2.encoder_variables(state.params, state.batch_stats), x)
-    w_off = off.e.apply(stage2.encoder_variables(rest, state.batch_stats), x)
+    w_on = jax.jit(lambda p: on.e.apply(stage2.encoder_variables(p, state.batch_stats), x))(state.params)
+    w_off = jax.jit(lambda p: off.e.apply(stage2.encoder_variables(p, state.batch_stats), x))(rest)
     np.testing.assert_allclose(w_on, w_off + avg, rtol=1e-6, atol=1e-6)
 
     loss = lambda p: jnp.sum(on.e.apply(stage2.encoder_variables(p, state.batch_stats), x) ** 2)  # noqa: E731
-    grads = jax.grad(loss)(state.params)
+    grads = jax.jit(jax.grad(loss))(state.params)
     assert np.all(np.asarray(grads["latent_avg"]) == 0) and float(jnp.abs(grads["fpn"]["conv1"]["weight"]).max()) > 0
     for tx, opt, slow in ((on.tx_unlabel, state.opt_unlabel, state.slow_unlabel),
                           (on.tx_label, state.opt_label, state.slow_label)):
-        updates, _ = tx.update(grads, opt, stage2._opt_params(on, state.params, slow))
+        updates, _ = jax.jit(lambda g, o, p: tx.update(g, o, p))(grads, opt, stage2._opt_params(on, state.params, slow))
         fast = updates.fast if on.ranger else updates
         assert np.all(np.asarray(fast["latent_avg"]) == 0)
 

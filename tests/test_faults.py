@@ -11,7 +11,7 @@ import pytest
 
 from conftest import tiny_gan_config
 from semgan_jax.checkpoint import Checkpointer, abstract_like
-from semgan_jax.parallel import make_mesh, replicated
+from semgan_jax.parallel import global_batch, make_mesh
 from semgan_jax.train import gan, guard
 from semgan_jax.train.observe import MetricsLogger
 
@@ -60,17 +60,16 @@ def _nan_from_call(n, key="image"):
 def test_train_step_refuses_only_the_poisoned_updates():
     """NaN in the unlabeled reals: Dr's loss and its R1 are NaN, so exactly those two updates are
     refused (Dr's params unchanged); Dm and G, which never see those images, still learn."""
-    cfg = tiny_gan_config()
-    models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
-    hp = gan.hparams_from_config(cfg.train)
-    state = jax.jit(lambda k: gan.init_state(models, k), out_shardings=replicated(make_mesh(1)))(jax.random.PRNGKey(0))
+    cfg, mesh = tiny_gan_config(), make_mesh(1)
+    _, mode, init, _ = gan.programs(cfg, mesh)  # the loop's programs, fed as the loop feeds them
+    state = init(jax.random.PRNGKey(0))
     s, b, c = cfg.train.batch_size, cfg.model.size, cfg.model.seg_dim
-    keys = jax.random.split(jax.random.PRNGKey(1), 3)
-    batch = {"image": jnp.full((s, b, b, 3), jnp.nan),
-             "seg_image": jax.random.uniform(keys[1], (s, b, b, 3), minval=-1, maxval=1),
-             "seg_mask": jax.nn.one_hot(jax.random.randint(keys[2], (s, b, b), 0, c), c) * 2 - 1}
+    rng = np.random.default_rng(1)
+    batch = global_batch({"image": np.full((s, b, b, 3), np.nan, np.float32),
+                          "seg_image": rng.uniform(-1, 1, (s, b, b, 3)).astype(np.float32),
+                          "seg_mask": (np.eye(c, dtype=np.float32)[rng.integers(0, c, (s, b, b))] * 2 - 1)}, mesh)
     before = jax.device_get(state)
-    after, metrics = gan.jit_train_step(models, hp, make_mesh(1))(state, batch, True, True)  # the loop's program
+    after, metrics = mode.step(state, batch, True, True)
     after = jax.device_get(after)
     refused = int(after.health["bad_updates"])
     assert [n for k, n in enumerate(gan.UPDATES) if refused >> k & 1] == ["Dr", "Dr R1"]

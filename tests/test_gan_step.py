@@ -109,6 +109,17 @@ def test_resume_is_bit_exact(tmp_path):
     assert losses(tmp_path / "full") == losses(tmp_path / "split")
 
 
+def test_a_second_run_in_one_process_reuses_the_compiled_programs():
+    """gan.programs: the same networks, optimisers, schedule and mesh give the same jitted
+    functions (no second trace or compile); any field that changes a program gives new ones."""
+    mesh = make_mesh(1)
+    first = gan.programs(tiny_gan_config(**{"train.iterations": 3}), mesh)
+    assert gan.programs(tiny_gan_config(**{"train.iterations": 9, "log.save_every": 2, "seed": 5}), mesh) is first
+    for field, value in (("train.lr", 0.001), ("train.d_reg_every", 2), ("train.r1", 1.0), ("model.style_dim", 16),
+                         ("train.trainable", "image")):
+        assert gan.programs(tiny_gan_config(**{field: value}), mesh)[1].step is not first[1].step, field
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path):
     """`semgan train-gan` stopped by SIGTERM writes a checkpoint at the step it reached and exits 0;
     `--resume` (no --config) continues it from its saved config."""

@@ -13,6 +13,12 @@ from semgan_jax.models.widths import channels_at
 KEY = jax.random.PRNGKey(0)
 
 
+def jit_apply(module, variables, *args, **kw):
+    """module.apply(variables, *args, **kw) as one program (run op by op, a test compiles every
+    primitive alone: hundreds of programs). kw are closed over (static)."""
+    return jax.jit(lambda v, *a: module.apply(v, *a, **kw))(variables, *args)
+
+
 def n_params(variables):
     return sum(x.size for x in jax.tree_util.tree_leaves(variables["params"]))
 
@@ -88,29 +94,29 @@ def test_generator_input_paths_agree():
     v = init_generator(g, KEY)
     z = jax.random.normal(KEY, (3, 32))
     noise = [jax.random.normal(jax.random.PRNGKey(i), s) for i, s in enumerate(noise_shapes(16, 3))]
-    img_z, seg_z, wplus = g.apply(v, z, noise=noise, return_latents=True)
-    w = g.apply(v, z, method=Generator.get_latent)
-    img_w, _ = g.apply(v, w, input_is_latent=True, noise=noise)
-    img_wp, seg_wp = g.apply(v, wplus, input_is_latent=True, noise=noise)
+    img_z, seg_z, wplus = jit_apply(g, v, z, noise=noise, return_latents=True)
+    w = jit_apply(g, v, z, method=Generator.get_latent)
+    img_w, _ = jit_apply(g, v, w, input_is_latent=True, noise=noise)
+    img_wp, seg_wp = jit_apply(g, v, wplus, input_is_latent=True, noise=noise)
     assert wplus.shape == (3, g.n_latent, 32)
     np.testing.assert_allclose(img_z, img_w, atol=1e-5)
     np.testing.assert_allclose(img_z, img_wp, atol=1e-5)
     np.testing.assert_allclose(seg_z, seg_wp, atol=1e-5)
     # stored noise is deterministic; fresh noise differs between keys
-    a, _ = g.apply(v, z, randomize_noise=False)
-    b, _ = g.apply(v, z, randomize_noise=False)
+    a, _ = jit_apply(g, v, z, randomize_noise=False)
+    b, _ = jit_apply(g, v, z, randomize_noise=False)
     np.testing.assert_array_equal(a, b)
     # truncation 0 maps every sample to the truncation latent
-    mean_w = g.apply(v, KEY, 64, method=Generator.mean_latent)
-    _, _, wt = g.apply(v, z, truncation=0.0, truncation_latent=mean_w, noise=noise, return_latents=True)
+    mean_w = jax.jit(lambda v, k: g.apply(v, k, 64, method=Generator.mean_latent))(v, KEY)
+    _, _, wt = jit_apply(g, v, z, truncation=0.0, truncation_latent=mean_w, noise=noise, return_latents=True)
     np.testing.assert_allclose(wt, jnp.broadcast_to(mean_w[:, None], wt.shape), atol=1e-6)
     # style mixing: latents before inject_index come from the first style, the rest from the second
     z2 = jax.random.normal(jax.random.PRNGKey(9), (3, 32))
-    w2 = g.apply(v, z2, method=Generator.get_latent)
-    _, _, wm = g.apply(v, [z, z2], inject_index=2, noise=noise, return_latents=True)
+    w2 = jit_apply(g, v, z2, method=Generator.get_latent)
+    _, _, wm = jit_apply(g, v, [z, z2], inject_index=2, noise=noise, return_latents=True)
     np.testing.assert_allclose(wm[:, :2], jnp.broadcast_to(w[:, None], (3, 2, 32)), atol=1e-6)
     np.testing.assert_allclose(wm[:, 2:], jnp.broadcast_to(w2[:, None], (3, g.n_latent - 2, 32)), atol=1e-6)
-    _, _, wr = g.apply(v, [z, z2], noise=noise, return_latents=True, rngs={"mixing": KEY})
+    _, _, wr = jit_apply(g, v, [z, z2], noise=noise, return_latents=True, rngs={"mixing": KEY})
     assert wr.shape == wm.shape
 
 
@@ -132,8 +138,8 @@ def test_modconv_forms_give_the_same_generator():
     ga, gb = tiny_generator(16, impl="input_scaling"), tiny_generator(16, impl="grouped")
     v = init_generator(ga, KEY)
     z = jax.random.normal(KEY, (2, 32))
-    a = ga.apply(v, z, randomize_noise=False)
-    b = gb.apply(v, z, randomize_noise=False)
+    a = jit_apply(ga, v, z, randomize_noise=False)
+    b = jit_apply(gb, v, z, randomize_noise=False)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-4)
 
@@ -142,10 +148,10 @@ def test_modconv_forms_give_the_same_generator():
 def test_image_discriminator(size, channels):
     d = ImageDiscriminator(size=size, channel_max=16)
     x = jax.random.normal(KEY, (4, size, size, channels))
-    v = d.init(KEY, x)
+    v = jax.jit(d.init)(KEY, x)
     out = jax.jit(d.apply)(v, x)
     assert out.shape == (4, 1) and out.dtype == jnp.float32
-    g = jax.grad(lambda xx: d.apply(v, xx).sum())(x)
+    g = jax.jit(jax.grad(lambda xx: d.apply(v, xx).sum()))(x)
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
     with pytest.raises(ValueError, match="expected"):
         d.apply(v, jnp.zeros((4, size * 2, size * 2, channels)))
@@ -155,7 +161,7 @@ def test_image_discriminator(size, channels):
 def test_mask_discriminator_features_and_spectral_state(size, channels):
     d = MaskDiscriminator(ndf=8)
     x = jax.random.normal(KEY, (2, size, size, channels))
-    v = d.init(KEY, x)
+    v = jax.jit(d.init)(KEY, x)
     feats, new = jax.jit(lambda vv, xx: d.apply(vv, xx, update_stats=True, mutable=["spectral"]))(v, x)
     assert len(feats) == 3 and all(len(f) == 5 for f in feats)
     assert [f[-1].shape[-1] for f in feats] == [1, 1, 1]
@@ -164,10 +170,10 @@ def test_mask_discriminator_features_and_spectral_state(size, channels):
     # train mode moves u, v; eval mode leaves them
     moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), v["spectral"], new["spectral"])
     assert max(jax.tree_util.tree_leaves(moved)) > 0
-    _, same = d.apply(v, x, mutable=["spectral"])
+    _, same = jax.jit(lambda vv, xx: d.apply(vv, xx, mutable=["spectral"]))(v, x)
     for a, b in zip(jax.tree_util.tree_leaves(v["spectral"]), jax.tree_util.tree_leaves(same["spectral"])):
         np.testing.assert_array_equal(a, b)
-    g = jax.grad(lambda p: sum(f[-1].mean() for f in d.apply({**v, "params": p}, x)))(v["params"])
+    g = jax.jit(jax.grad(lambda p: sum(f[-1].mean() for f in d.apply({**v, "params": p}, x))))(v["params"])
     assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree_util.tree_leaves(g))
 
 
@@ -316,10 +322,12 @@ def test_flax_conv_hook_matches_lax_for_small_and_large_inputs():
 def test_discriminators_in_subsample_form_give_the_same_numbers():
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 16, 16, 3))
     dr = ImageDiscriminator(size=16, channel_base=256, channel_max=16)
-    p = dr.init(jax.random.PRNGKey(1), x)
-    np.testing.assert_allclose(dr.clone(subsample_strides=True).apply(p, x), dr.apply(p, x), rtol=1e-5, atol=1e-5)
+    p = jax.jit(dr.init)(jax.random.PRNGKey(1), x)
+    np.testing.assert_allclose(jit_apply(dr.clone(subsample_strides=True), p, x), jit_apply(dr, p, x),
+                               rtol=1e-5, atol=1e-5)
     xm = jax.random.normal(jax.random.PRNGKey(2), (2, 16, 16, 5))
     dm = MaskDiscriminator(ndf=8, max_channels=16)
-    v = dm.init(jax.random.PRNGKey(3), xm)
-    for a, b in zip(jax.tree.leaves(dm.clone(subsample_strides=True).apply(v, xm)), jax.tree.leaves(dm.apply(v, xm))):
+    v = jax.jit(dm.init)(jax.random.PRNGKey(3), xm)
+    for a, b in zip(jax.tree.leaves(jit_apply(dm.clone(subsample_strides=True), v, xm)),
+                    jax.tree.leaves(jit_apply(dm, v, xm))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -8,16 +8,16 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from conftest import CACHE_DIR, REPO, tiny_gan_config
-from semgan_jax.parallel import make_mesh
+from semgan_jax.parallel import global_batch, make_mesh, replicated
 from semgan_jax.train import gan, seg_branch
 
-# R1 every other iteration, so that both seg_branch programs run in a few iterations
-OVER = {"train.d_reg_every": 2, "log.viz_every": 1000, "log.save_every": 1000}
+# The tiny config's own schedule (R1 at iteration 0, 16, ...; path length every 4th): its joint
+# programs are those of tests/test_gan_step.py, so a cold run compiles them once
+OVER = {"log.viz_every": 1000, "log.save_every": 1000}
 
 
 def frozen(g_params):
@@ -33,21 +33,22 @@ def changed_leaves(a, b) -> list[bool]:
     return jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(np.asarray(x) != np.asarray(y))), a, b))
 
 
-def random_batch(seg_dim: int, n: int = 8, size: int = 16) -> dict:
-    rng = np.random.default_rng(0)
-    return {"image": jnp.asarray(rng.uniform(-1, 1, (n, size, size, 3)), jnp.float32),
-            "seg_image": jnp.asarray(rng.uniform(-1, 1, (n, size, size, 3)), jnp.float32),
-            "seg_mask": jnp.asarray(2 * np.eye(seg_dim)[rng.integers(0, seg_dim, (n, size, size))] - 1, jnp.float32)}
+def loop_inputs(state, models, mesh, n: int = 8) -> tuple:
+    """(state, a random batch) placed as gan.train's loop places them (replicated / split over
+    'data'): arguments placed otherwise make the jitted step compile a second program."""
+    rng, k, size = np.random.default_rng(0), models.g.seg_dim, models.g.size
+    batch = {"image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+             "seg_image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+             "seg_mask": (2 * np.eye(k)[rng.integers(0, k, (n, size, size))] - 1).astype(np.float32)}
+    return jax.device_put(state, replicated(mesh)), global_batch(batch, mesh)
 
 
 def test_only_the_label_branch_and_dm_train():
     """From a joint state whose G_ema differs from G: the image path frozen is G_ema's, and after
-    3 iterations (R1 in two) it, G_ema's copy of it, Dr and the noise maps are bit-identical;
+    3 iterations (R1 in the first) it, G_ema's copy of it, Dr and the noise maps are bit-identical;
     every ToSEG parameter and Dm moved; optimiser state exists for ToSEG and Dm only."""
-    cfg = tiny_gan_config(**{"train.trainable": "seg_branch", **OVER})
-    models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
-    hp = gan.hparams_from_config(cfg.train)
-    mode = seg_branch.stage1_mode(cfg.train, models, hp, make_mesh(1))
+    mesh = make_mesh(1)
+    models, mode, _, _ = gan.programs(tiny_gan_config(**{"train.trainable": "seg_branch", **OVER}), mesh)
     joint = jax.jit(lambda k: gan.init_state(models, k))(jax.random.PRNGKey(0))
     joint = joint.replace(g_ema=jax.tree.map(lambda x: x + 0.01, joint.g_ema))
     start = jax.device_get(jax.jit(mode.convert)(joint))
@@ -55,7 +56,7 @@ def test_only_the_label_branch_and_dm_train():
     n_seg = sum(x.size for x in jax.tree.leaves(seg_branch.to_seg(start.g)))
     assert sum(np.size(x) for x in jax.tree.leaves(start.g_opt)) == 2 * n_seg + 1  # Adam's mu, nu and count
 
-    state, batch, rows = jax.device_put(start), random_batch(cfg.model.seg_dim), []
+    (state, batch), rows = loop_inputs(start, models, mesh), []
     for i in range(3):
         state, metrics = mode.step(state, batch, *mode.flags(i))
         rows.append(jax.device_get(metrics))
@@ -75,15 +76,13 @@ def test_only_the_label_branch_and_dm_train():
 
 
 def test_image_mode_trains_the_image_path_alone():
-    """trainable='image': 3 iterations (R1 in two) move G's image path and Dr, while the ToSEG
-    layers (G's and G_ema's), Dm, its spectral state and optimiser state stay bit-identical and
-    no Dm loss is computed."""
-    cfg = tiny_gan_config(**{"train.trainable": "image", **OVER})
-    models = gan.build_models(cfg.model, cfg.train.lr, cfg.train.d_reg_every, cfg.train.g_reg_every)
-    hp = gan.hparams_from_config(cfg.train)
-    mode = seg_branch.stage1_mode(cfg.train, models, hp, make_mesh(1))
-    start = jax.device_get(jax.jit(mode.init)(jax.random.PRNGKey(0)))
-    state, batch, rows = jax.device_put(start), random_batch(cfg.model.seg_dim), []
+    """trainable='image': 3 iterations (R1 and path length in the first) move G's image path and
+    Dr, while the ToSEG layers (G's and G_ema's), Dm, its spectral state and optimiser state stay
+    bit-identical and no Dm loss is computed."""
+    mesh = make_mesh(1)
+    models, mode, init, _ = gan.programs(tiny_gan_config(**{"train.trainable": "image", **OVER}), mesh)
+    start = jax.device_get(init(jax.random.PRNGKey(0)))
+    (state, batch), rows = loop_inputs(start, models, mesh), []
     for i in range(3):
         state, metrics = mode.step(state, batch, *mode.flags(i))
         rows.append(jax.device_get(metrics))

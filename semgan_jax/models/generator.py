@@ -230,8 +230,8 @@ class Generator(nn.Module):
 
 
 def init_generator(model: Generator, key, batch: int = 1):
-    """Initialise all variables ('params', 'noises') with a dummy z batch."""
+    """Initialise all variables ('params', 'noises') with a dummy z batch (one compiled program)."""
     k_params, k_noise = jax.random.split(key)
     z = jnp.zeros((batch, model.style_dim), jnp.float32)
-    return model.init({"params": k_params, "noise": k_noise}, z)
+    return jax.jit(model.init)({"params": k_params, "noise": k_noise}, z)
 

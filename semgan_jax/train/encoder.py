@@ -22,6 +22,8 @@ from the second iteration on BatchNorm normalises with its running statistics, w
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +307,27 @@ def jit_train_step(models: EncoderModels, hp: EncoderHParams, mesh):
                    compiler_options=compiler_options(mesh))
 
 
+def programs(gan_model_cfg, config, lpips_module, mesh) -> tuple:
+    """(models, init(key, g_params) -> state, step(state, batch, frozen)) of a stage-2 run, jitted
+    (init's state replicated). Made once per process for the same networks, perceptual module,
+    optimisers, losses and mesh (`train.iterations` aside), as gan.programs."""
+    train = {k: v for k, v in config.train.to_dict().items() if k != "iterations"}
+    return _programs(gan_model_cfg.to_json(sort_keys=True), config.encoder.to_json(sort_keys=True),
+                     json.dumps(train, sort_keys=True), lpips_module, mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(gan_model_json: str, encoder_json: str, train_json: str, lpips_module, mesh) -> tuple:
+    import ml_collections
+
+    from semgan_jax.parallel import replicated
+
+    config = ml_collections.ConfigDict({"encoder": json.loads(encoder_json), "train": json.loads(train_json)})
+    models = build_models(ml_collections.ConfigDict(json.loads(gan_model_json)), config, lpips_module)
+    init = jax.jit(lambda k, g: init_state(models, k, g), out_shardings=replicated(mesh))
+    return models, init, jit_train_step(models, hparams_from_config(config.train), mesh)
+
+
 # --------------------------------------------------------------------------------------------
 # Reading the stage-1 run, and the loop
 # --------------------------------------------------------------------------------------------
@@ -394,14 +417,12 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
     lpips_module, lpips_params = None, None
     if config.train.lambda_unlabel_lpips or config.train.lambda_label_lpips:
         lpips_module, lpips_params = load_perceptual(config.lpips, gm, s1_state)
-    models = build_models(s1.model, config, lpips_module)
-    hp = hparams_from_config(config.train)
+    models, init, step = programs(s1.model, config, lpips_module, mesh)
     local_batch = check_batch_size(config.train.batch_size, mesh)
     write_config(workdir, config)
 
     frozen = jax.device_put({"g": g_ema, "lpips": lpips_params}, replicated(mesh))
-    state = jax.jit(lambda k, g: init_state(models, k, g), out_shardings=replicated(mesh))(
-        jax.random.PRNGKey(config.seed), frozen["g"])
+    state = init(jax.random.PRNGKey(config.seed), frozen["g"])
     data_cfg = s1.data.copy_and_resolve_references()
     data_cfg.update({k: v for k, v in config.data.items() if k != "data_dir" or v})
     feed = ml_collections.ConfigDict(dict(data=data_cfg, seed=config.seed, model=s1.model))
@@ -431,7 +452,7 @@ def train(config, workdir: str, resume: bool = True) -> EncoderState:
 
     logger = MetricsLogger(workdir, int(state.step), config.train.iterations, config.train.batch_size,
                            show=("e_unlabel_loss", "e_label_loss"))
-    return loop.run(state, jit_train_step(models, hp, mesh), lambda: gan.next_batch(it_u, it_l, mesh),
+    return loop.run(state, step, lambda: gan.next_batch(it_u, it_l, mesh),
                     total=config.train.iterations, log_cfg=config.log, ckpt=ckpt, iterators=iterators,
                     logger=logger, write_samples=write_samples, updates=UPDATES,
                     on_nonfinite=config.train.get("on_nonfinite", "stop"), consts=(frozen,))

@@ -32,6 +32,8 @@ device computes on the same global batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from typing import Any
 
 import flax.struct
@@ -589,12 +591,10 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     check_model_against_data(config.model, config.data)
     mesh = make_mesh(config.train.mesh_data)
     local_batch = check_batch_size(config.train.batch_size, mesh)
-    models = build_models(config.model, config.train.lr, config.train.d_reg_every, config.train.g_reg_every)
-    hp = hparams_from_config(config.train)
     write_config(workdir, config)
 
-    mode = seg_branch.stage1_mode(config.train, models, hp, mesh)  # what trains: train.trainable
-    state = jax.jit(mode.init, out_shardings=replicated(mesh))(jax.random.PRNGKey(config.seed))
+    models, mode, init, sample_fn = programs(config, mesh)  # what trains: train.trainable
+    state = init(jax.random.PRNGKey(config.seed))
     it_u, it_l = make_iterators(config, local_batch)
     iterators = {"unlabeled": it_u, "labeled": it_l}
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.log.keep)
@@ -604,7 +604,6 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     palette = get_dataset_info(config.data.name).palette
     sample_z = jax.device_put(np.asarray(jax.random.normal(jax.random.PRNGKey(config.seed + 12345),
                                                 (config.log.n_sample, models.g.style_dim))), replicated(mesh))
-    sample_fn = jax.jit(lambda p, n, z: sample(models, p, n, z))
 
     def write_samples(state, step):  # every process computes (one program), process 0 writes
         img, seg = jax.device_get(sample_fn(state.g_ema, state.g_noises, sample_z))
@@ -619,6 +618,31 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
                     logger=logger, write_samples=write_samples, updates=mode.updates,
                     on_nonfinite=config.train.get("on_nonfinite", "stop"), flags=mode.flags,
                     evaluate=evaluate, eval_every=config.get("eval", {}).get("every", 0))
+
+
+def programs(config, mesh) -> tuple:
+    """(models, mode, init(key) -> state, sample(g, noises, z)) of a run: its networks and
+    optimisers, the `seg_branch.Stage1Mode` that `train.trainable` names and the jitted functions.
+    Made once per process for the same networks, optimisers, schedule and mesh, so a second
+    `train` in one process (a resume, a sweep from a notebook) runs the programs already compiled
+    instead of tracing them again and reloading them from the compilation cache."""
+    return _programs(config.model.to_json(sort_keys=True), config.train.lr, config.train.d_reg_every,
+                     config.train.g_reg_every, config.train.get("trainable", "all"),
+                     hparams_from_config(config.train), mesh)
+
+
+@functools.lru_cache(maxsize=4)
+def _programs(model_json: str, lr: float, d_reg_every: int, g_reg_every: int, trainable: str, hp: GANHParams,
+              mesh) -> tuple:
+    import ml_collections
+
+    from semgan_jax.parallel import replicated
+    from semgan_jax.train import seg_branch
+
+    models = build_models(ml_collections.ConfigDict(json.loads(model_json)), lr, d_reg_every, g_reg_every)
+    mode = seg_branch.stage1_mode(ml_collections.ConfigDict({"trainable": trainable, "lr": lr}), models, hp, mesh)
+    init = jax.jit(mode.init, out_shardings=replicated(mesh))
+    return models, mode, init, jax.jit(lambda p, n, z: sample(models, p, n, z))
 
 
 def evaluator(config, models: GANModels, workdir, iterators: dict):
