@@ -25,8 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # Dm with two scales of two strided layers (the reference: three of three, which test_networks and
-# the parity tests keep): Dm is most of a stage-1 step's program, and this halves the step's
-# compile time (37 -> 21 s for the R1 + path-length step at -O0), which is most of a cold run.
+# the parity tests keep): Dm is most of a stage-1 step's program, and this nearly halves the
+# step's compile time (37 -> 21 s for the R1 + path-length step at -O0), which is most of a cold run.
 TINY = {"data.resolution": 16, "model.size": 16, "model.style_dim": 32, "model.n_mlp": 2,
         "model.channel_max": 16, "model.dm_ndf": 8, "model.dm_max_channels": 16, "model.dm_num_d": 2,
         "model.dm_n_layers": 2, "train.batch_size": 8,
@@ -64,10 +64,13 @@ _COMPILE_EVENTS = {"/jax/core/compile/jaxpr_trace_duration": "trace_s",
 _compile_times: dict = {}
 
 if _COMPILE_REPORT:
+    def _current_test() -> str:
+        return os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)").rsplit(" (", 1)[0]
+
     def _record_compile(event: str, duration: float, **_):
         if event in _COMPILE_EVENTS:
-            test = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)").rsplit(" (", 1)[0]
-            row = _compile_times.setdefault(test, {"trace_s": 0.0, "lower_s": 0.0, "compile_s": 0.0, "compiles": 0})
+            row = _compile_times.setdefault(_current_test(),
+                                            {"trace_s": 0.0, "lower_s": 0.0, "compile_s": 0.0, "compiles": 0})
             row[_COMPILE_EVENTS[event]] += duration
             row["compiles"] += event.endswith("backend_compile_duration")
 
@@ -101,8 +104,7 @@ if _COMPILE_REPORT:
         t0 = time.perf_counter()
         out = _compile_or_get_cached(backend, computation, *a, **k)
         name = ir.StringAttr(computation.operation.attributes["sym_name"]).value
-        test = os.environ.get("PYTEST_CURRENT_TEST", "(outside a test)").rsplit(" (", 1)[0]
-        _programs.append({"test": test, "module": name, "s": time.perf_counter() - t0,
+        _programs.append({"test": _current_test(), "module": name, "s": time.perf_counter() - t0,
                           "outcome": _outcome.get("outcome", "uncached"), "key": _outcome.get("key")})
         return out
     _compiler.compile_or_get_cached = _timed_compile

@@ -98,8 +98,8 @@ def test_augmentation_is_differentiable_and_site_dependent():
 @functools.lru_cache(maxsize=None)
 def _step(**train):
     """(state, metrics) of one tiny stage-1 iteration with R1 and path length under `train`
-    overrides: the loop's program for iteration 0 (gan.programs), so the reference one is the
-    other tiny-config tests' (tests/test_gan_step.py)."""
+    overrides: the loop's program for iteration 0 (gan.programs, fed as the loop feeds it), so
+    the reference one is the program every tiny stage-1 run starts with."""
     from semgan_jax.parallel import global_batch, make_mesh
 
     cfg = tiny_gan_config(**{f"train.{k}": v for k, v in train.items()})

@@ -583,7 +583,7 @@ def train(config, workdir: str, resume: bool = True) -> GANState:
     from semgan_jax.checkpoint import Checkpointer
     from semgan_jax.data.datasets import get_dataset_info
     from semgan_jax.parallel import check_batch_size, make_mesh, replicated
-    from semgan_jax.train import loop, seg_branch
+    from semgan_jax.train import loop
     from semgan_jax.train.observe import MetricsLogger, write_config
 
     workdir = Path(workdir)
