@@ -631,7 +631,7 @@ def programs(config, mesh) -> tuple:
                      hparams_from_config(config.train), mesh)
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=8)
 def _programs(model_json: str, lr: float, d_reg_every: int, g_reg_every: int, trainable: str, hp: GANHParams,
               mesh) -> tuple:
     import ml_collections
