@@ -70,9 +70,9 @@ def measure(run: str, n: int) -> dict:
     variety = {"test masks (chance)": next_mask_iou(np.asarray(test["mask"]), k)}
     align = {"labeled train pairs (Dm's reals)": alignment_row(models, state, labeled["image"], labeled["mask_onehot"]),
              "test pairs (unseen)": alignment_row(models, state, test["image"], test["mask_onehot"])}
+    generate = jax.jit(gan.generate, static_argnums=(0, 3, 4))
     for net in ("g", "g_ema"):
-        image, seg = jax.jit(gan.generate, static_argnums=(0, 3, 4))(models, getattr(state, net), jax.random.key(3),
-                                                                     256, 0.0)
+        image, seg = generate(models, getattr(state, net), jax.random.key(3), 256, 0.0)
         variety[f"{net} masks"] = next_mask_iou(np.asarray(jnp.argmax(seg, -1)), k)
         align[f"{net} pairs, raw logits"] = alignment_row(models, state, image[:n], seg[:n])
         align[f"{net} pairs, one-hot"] = alignment_row(models, state, image[:n], gan.dm_mask(seg[:n], "hard"))

@@ -15,6 +15,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 CACHE_DIR = os.environ.get("SEMGAN_JAX_TEST_CACHE", str(Path.home() / ".cache" / "semgan_jax" / "xla-tests"))
@@ -47,6 +48,15 @@ def tiny_gan_config(**overrides):
 
     c = load_config_file(REPO / "experiments" / "synthetic_32.py")
     return apply_overrides(c, [a[2:] for a in tiny_overrides(**overrides)])
+
+
+def random_batch(size: int, seg_dim: int, n: int = 8, seed: int = 0) -> dict:
+    """A random stage-1 batch in numpy, as the data pipeline gives it (float32 images in [-1, 1],
+    one-hot masks in {-1, 1}); `parallel.global_batch` places it as the training loop does."""
+    rng = np.random.default_rng(seed)
+    return {"image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+            "seg_image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
+            "seg_mask": (2 * np.eye(seg_dim)[rng.integers(0, seg_dim, (n, size, size))] - 1).astype(np.float32)}
 
 
 @pytest.fixture

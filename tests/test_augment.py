@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_gan_config
+from conftest import random_batch, tiny_gan_config
 from semgan_jax.train import augment, gan
 
 
@@ -105,11 +105,7 @@ def _step(**train):
     cfg = tiny_gan_config(**{f"train.{k}": v for k, v in train.items()})
     _, mode, init, _ = gan.programs(cfg, make_mesh(1))
     state = init(jax.random.PRNGKey(0))  # as gan.train: the same programs
-    n, size = cfg.train.batch_size, cfg.model.size
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
-             "seg_image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
-             "seg_mask": np.eye(6, dtype=np.float32)[rng.integers(0, 6, (n, size, size))] * 2 - 1}
+    batch = random_batch(cfg.model.size, cfg.model.seg_dim, cfg.train.batch_size)
     state, metrics = mode.step(state, global_batch(batch, make_mesh(1)), *mode.flags(0))
     return state, {k: float(v) for k, v in metrics.items()}
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_gan_config
+from conftest import random_batch, tiny_gan_config
 from semgan_jax.checkpoint import Checkpointer, abstract_like
 from semgan_jax.parallel import global_batch, make_mesh
 from semgan_jax.train import gan, guard
@@ -63,11 +63,8 @@ def test_train_step_refuses_only_the_poisoned_updates():
     cfg, mesh = tiny_gan_config(), make_mesh(1)
     _, mode, init, _ = gan.programs(cfg, mesh)  # the loop's programs, fed as the loop feeds them
     state = init(jax.random.PRNGKey(0))
-    s, b, c = cfg.train.batch_size, cfg.model.size, cfg.model.seg_dim
-    rng = np.random.default_rng(1)
-    batch = global_batch({"image": np.full((s, b, b, 3), np.nan, np.float32),
-                          "seg_image": rng.uniform(-1, 1, (s, b, b, 3)).astype(np.float32),
-                          "seg_mask": (np.eye(c, dtype=np.float32)[rng.integers(0, c, (s, b, b))] * 2 - 1)}, mesh)
+    batch = random_batch(cfg.model.size, cfg.model.seg_dim, cfg.train.batch_size, seed=1)
+    batch = global_batch({**batch, "image": np.full_like(batch["image"], np.nan)}, mesh)
     before = jax.device_get(state)
     after, metrics = mode.step(state, batch, True, True)
     after = jax.device_get(after)

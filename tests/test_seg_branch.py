@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import CACHE_DIR, REPO, tiny_gan_config
+from conftest import CACHE_DIR, REPO, random_batch, tiny_gan_config
 from semgan_jax.parallel import global_batch, make_mesh, replicated
 from semgan_jax.train import gan, seg_branch
 
@@ -33,14 +33,10 @@ def changed_leaves(a, b) -> list[bool]:
     return jax.tree.leaves(jax.tree.map(lambda x, y: bool(np.any(np.asarray(x) != np.asarray(y))), a, b))
 
 
-def loop_inputs(state, models, mesh, n: int = 8) -> tuple:
+def loop_inputs(state, models, mesh) -> tuple:
     """(state, a random batch) placed as gan.train's loop places them (replicated / split over
     'data'): arguments placed otherwise make the jitted step compile a second program."""
-    rng, k, size = np.random.default_rng(0), models.g.seg_dim, models.g.size
-    batch = {"image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
-             "seg_image": rng.uniform(-1, 1, (n, size, size, 3)).astype(np.float32),
-             "seg_mask": (2 * np.eye(k)[rng.integers(0, k, (n, size, size))] - 1).astype(np.float32)}
-    return jax.device_put(state, replicated(mesh)), global_batch(batch, mesh)
+    return jax.device_put(state, replicated(mesh)), global_batch(random_batch(models.g.size, models.g.seg_dim), mesh)
 
 
 def test_only_the_label_branch_and_dm_train():

@@ -50,8 +50,7 @@ def print_programs(rows: list[dict], top: int) -> None:
     print(f"\n{len(by_key)} programs with a cache key: compiled {sum(p['miss'] for p in by_key.values())} times in "
           f"{sum(p['miss_s'] for p in by_key.values()):.0f} s, loaded {sum(p['hit'] for p in by_key.values())} "
           f"times in {sum(p['hit_s'] for p in by_key.values()):.0f} s; {len(small)} compiles without a key "
-          f"(cache off) in "
-          f"{sum(r['s'] for r in small):.0f} s")
+          f"(cache off) in {sum(r['s'] for r in small):.0f} s")
     print(f"{'compile s':>9s} {'miss':>4s} {'hit':>4s} {'tests':>5s}  module  (first test)")
     for p in sorted(by_key.values(), key=lambda p: -p["miss_s"])[:top]:
         print(f"{p['miss_s']:9.1f} {p['miss']:4d} {p['hit']:4d} {len(p['tests']):5d}  {p['module']}  "

@@ -626,20 +626,18 @@ def programs(config, mesh) -> tuple:
     Made once per process for the same networks, optimisers, schedule and mesh, so a second
     `train` in one process (a resume, a sweep from a notebook) runs the programs already compiled
     instead of tracing them again and reloading them from the compilation cache."""
-    return _programs(config.model.to_json(sort_keys=True), config.train.lr, config.train.d_reg_every,
-                     config.train.g_reg_every, config.train.get("trainable", "all"),
+    return _programs(config.model.to_json(sort_keys=True), config.train.lr, config.train.get("trainable", "all"),
                      hparams_from_config(config.train), mesh)
 
 
 @functools.lru_cache(maxsize=8)
-def _programs(model_json: str, lr: float, d_reg_every: int, g_reg_every: int, trainable: str, hp: GANHParams,
-              mesh) -> tuple:
+def _programs(model_json: str, lr: float, trainable: str, hp: GANHParams, mesh) -> tuple:
     import ml_collections
 
     from semgan_jax.parallel import replicated
     from semgan_jax.train import seg_branch
 
-    models = build_models(ml_collections.ConfigDict(json.loads(model_json)), lr, d_reg_every, g_reg_every)
+    models = build_models(ml_collections.ConfigDict(json.loads(model_json)), lr, hp.d_reg_every, hp.g_reg_every)
     mode = seg_branch.stage1_mode(ml_collections.ConfigDict({"trainable": trainable, "lr": lr}), models, hp, mesh)
     init = jax.jit(mode.init, out_shardings=replicated(mesh))
     return models, mode, init, jax.jit(lambda p, n, z: sample(models, p, n, z))
