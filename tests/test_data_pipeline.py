@@ -185,3 +185,60 @@ def test_select_labeled_deterministic_and_nested():
         datasets.select_labeled(source, 51)
     limited = datasets.load_split("synthetic", "train", num_labeled=30, label_seed=0)
     assert len(limited) == 30
+
+
+def test_shift_scale_rotate_geometry():
+    """albumentations' ShiftScaleRotate as cv2 computes it: identity, a quarter turn counter-clockwise
+    about the centre, a whole-pixel shift with a zero border, a 2x zoom about the centre."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    mask = rng.integers(0, 5, (12, 12), dtype=np.uint8)
+    out = pipeline.shift_scale_rotate(image, mask, 0.0, 1.0, 0.0, 0.0)
+    np.testing.assert_array_equal(out[0], image)
+    np.testing.assert_array_equal(out[1], mask)
+    out = pipeline.shift_scale_rotate(image, mask, 90.0, 1.0, 0.0, 0.0)
+    np.testing.assert_array_equal(out[0], np.rot90(image))
+    np.testing.assert_array_equal(out[1], np.rot90(mask))
+    out = pipeline.shift_scale_rotate(image, mask, 0.0, 1.0, 2 / 12, -3 / 12)
+    np.testing.assert_array_equal(out[0][:-3, 2:], image[3:, :-2])
+    assert (out[0][-3:] == 0).all() and (out[0][:, :2] == 0).all()
+    assert (out[1][-3:] == 0).all() and (out[1][:, :2] == 0).all()
+    odd = image[:11, :11]
+    out = pipeline.shift_scale_rotate(odd, mask[:11, :11], 0.0, 2.0, 0.0, 0.0)
+    # output pixel (y, x) reads input (5 + (y - 5) / 2, ...): odd pixels land on input pixels exactly
+    np.testing.assert_array_equal(out[0][1::2, 1::2], odd[3:8, 3:8])
+    np.testing.assert_array_equal(out[1][1::2, 1::2], mask[3:8, 3:8])
+    assert out[0].dtype == np.uint8 and out[1].dtype == np.uint8
+
+
+def test_seg_aug_moves_image_and_mask_together():
+    """The reference's --seg_aug: about a quarter of the pairs (flip aside) come out warped, with the
+    image's mask-coded channel still on the mask; the draws are a function of (seed, position)."""
+    size = 32
+
+    class Blob:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            mask = np.zeros((size, size), np.uint8)
+            mask[6:18, 4 + i:14 + i] = 2
+            image = np.zeros((size, size, 3), np.uint8)
+            image[..., 1] = 100 * mask
+            return {"image": image, "mask": mask}
+
+    def batches(seg_aug):
+        it = pipeline.make_labeled_iterator(Blob(), batch_size=8, seed=5, num_classes=K, seg_aug=seg_aug)
+        return _take(it, 6)
+
+    plain, aug = batches(False), batches(True)
+    warped = 0
+    for p, a in zip(plain, aug):
+        same = (p["mask"] == a["mask"]).all(axis=(1, 2))
+        warped += int((~same).sum())
+        for img, m in zip(a["image"], a["mask"]):
+            bright = (img[..., 1] + 1) * 127.5 > 100  # image pixels more than half inside the blob
+            assert np.abs(bright.astype(int) - (m == 2)).sum() <= 0.25 * (m == 2).sum() + 2
+    assert 8 <= warped <= 40  # p = 0.5 of 48 pairs
+    for a, b in zip(aug, batches(True)):
+        np.testing.assert_array_equal(a["image"], b["image"])

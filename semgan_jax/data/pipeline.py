@@ -8,7 +8,7 @@ API
     make_unlabeled_iterator(source, batch_size, seed, *, shard_index=0, shard_count=1, flip=True,
                             image_fn=None, num_workers=0, prefetch=2, read_threads=1)
         -> iterator of {'image': float32 (B, H, W, C) in [-1, 1]}, endless.
-    make_labeled_iterator(source, batch_size, seed, num_classes, *, same keywords)
+    make_labeled_iterator(source, batch_size, seed, num_classes, *, same keywords, seg_aug=False)
         -> iterator of {'image': float32 (B, H, W, C) in [-1, 1],
                         'mask': int32 (B, H, W) class indices,
                         'mask_onehot': float32 (B, H, W, K) in {-1, 1}}, endless.
@@ -21,7 +21,9 @@ API
 
 Order and determinism: the training iterators define one *global* stream — epoch e is a
 permutation of the whole source drawn from (seed, e), each example flipped horizontally (image
-and mask together) with probability 1/2 from (seed, global stream position) — cut into global
+and mask together) with probability 1/2 from (seed, global stream position), and with
+`seg_aug` (the reference's option for labeled pairs) then shifted, scaled and rotated together
+with probability 1/2 from the same draw (`shift_scale_rotate`, `SEG_AUG`) — cut into global
 batches of `batch_size * shard_count`. Process `shard_index` (pass `jax.process_index()`,
 `jax.process_count()`) reads only its slice `[shard_index * batch_size, (shard_index + 1) *
 batch_size)` of each global batch, so the processes' reads are disjoint and the global batches
@@ -79,13 +81,56 @@ def _flip_unlabeled(example: dict, rng: np.random.Generator, *, flip: bool, imag
     return {"image": image}
 
 
-def _flip_labeled(example: dict, rng: np.random.Generator, *, flip: bool, image_fn: ImageFn | None) -> dict:
+def shift_scale_rotate(image: np.ndarray, mask: np.ndarray, angle: float, scale: float, dx: float,
+                       dy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate by `angle` degrees (counter-clockwise on screen) and scale by `scale` about the
+    image centre, then shift by (dx, dy) · (W, H): albumentations' ShiftScaleRotate (cv2's
+    getRotationMatrix2D + warpAffine). uint8 image (H, W, C) bilinear, mask (H, W) nearest;
+    pixels from outside are 0 (black image, background mask), its BORDER_CONSTANT with value 0."""
+    h, w = mask.shape
+    a, b = scale * np.cos(np.deg2rad(angle)), scale * np.sin(np.deg2rad(angle))
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    # output pixel (x, y) reads the input at the inverse map: undo the shift, then the rotation.
+    yo, xo = np.mgrid[0:h, 0:w].astype(np.float64)
+    u, v = xo - cx - dx * w, yo - cy - dy * h
+    det = a * a + b * b
+    xs, ys = cx + (a * u - b * v) / det, cy + (b * u + a * v) / det
+
+    xn, yn = np.floor(xs + 0.5).astype(np.int64), np.floor(ys + 0.5).astype(np.int64)
+    inside = (xn >= 0) & (xn < w) & (yn >= 0) & (yn < h)
+    out_mask = np.where(inside, mask[np.clip(yn, 0, h - 1), np.clip(xn, 0, w - 1)], 0).astype(mask.dtype)
+
+    x0, y0 = np.floor(xs).astype(np.int64), np.floor(ys).astype(np.int64)
+    fx, fy = (xs - x0)[..., None], (ys - y0)[..., None]
+    src = image.astype(np.float64)
+
+    def tap(yy, xx):
+        ok = ((xx >= 0) & (xx < w) & (yy >= 0) & (yy < h))[..., None]
+        return np.where(ok, src[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)], 0.0)
+
+    out = ((1 - fy) * ((1 - fx) * tap(y0, x0) + fx * tap(y0, x0 + 1))
+           + fy * ((1 - fx) * tap(y0 + 1, x0) + fx * tap(y0 + 1, x0 + 1)))
+    return np.clip(np.round(out), 0, 255).astype(image.dtype), out_mask
+
+
+# The reference's --seg_aug (dataloader/dataset.py): HorizontalFlip(p 0.5), then ShiftScaleRotate
+# with shift_limit 0.1, scale_limit 0.2, rotate_limit 15 (degrees), p 0.5.
+SEG_AUG = dict(p=0.5, shift=0.1, scale=0.2, rotate=15.0)
+
+
+def _flip_labeled(example: dict, rng: np.random.Generator, *, flip: bool, image_fn: ImageFn | None,
+                  seg_aug: bool = False) -> dict:
     if not example.get("labeled", True):
         raise ValueError(f"unlabeled example {example.get('name')!r} in a labeled stream")
     image = example["image"] if image_fn is None else image_fn(example["image"])
     mask = example["mask"]
     if flip and rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
+    if seg_aug and rng.random() < SEG_AUG["p"]:
+        angle = rng.uniform(-SEG_AUG["rotate"], SEG_AUG["rotate"])
+        scale = rng.uniform(1 - SEG_AUG["scale"], 1 + SEG_AUG["scale"])
+        dx, dy = rng.uniform(-SEG_AUG["shift"], SEG_AUG["shift"], 2)
+        image, mask = shift_scale_rotate(image, mask, angle, scale, dx, dy)
     return {"image": image, "mask": mask}
 
 
@@ -169,10 +214,10 @@ def make_unlabeled_iterator(source, batch_size: int, seed: int, *, shard_index: 
 
 def make_labeled_iterator(source, batch_size: int, seed: int, num_classes: int, *, shard_index: int = 0,
                           shard_count: int = 1, flip: bool = True, image_fn: ImageFn | None = None,
-                          num_workers: int = 0, prefetch: int = 2,
+                          seg_aug: bool = False, num_workers: int = 0, prefetch: int = 2,
                           read_threads: int = 1) -> grain.DatasetIterator:
     """Endless shuffled batches {'image', 'mask', 'mask_onehot'} (see module docstring)."""
-    augment = functools.partial(_flip_labeled, flip=flip, image_fn=image_fn)
+    augment = functools.partial(_flip_labeled, flip=flip, image_fn=image_fn, seg_aug=seg_aug)
     return _endless(source, batch_size, seed, augment, num_classes, shard_index=shard_index,
                     shard_count=shard_count, num_workers=num_workers, prefetch=prefetch,
                     read_threads=read_threads)

@@ -88,6 +88,7 @@ def default_config():
     c.stage1 = ""                   # stage-1 workdir (holds config.json and checkpoints/)
     c.data = ml_collections.ConfigDict(dict(
         unlabeled_split="unlabeled", labeled_split="train", num_labeled=0, label_seed=0,
+        seg_aug=False,              # the reference's --seg_aug of train_enc.py (stage 1's is its own)
         num_workers=8, prefetch=4,
         data_dir=""))               # "" = stage 1's; dataset name and resolution come from stage 1
     c.encoder = ml_collections.ConfigDict(dict(

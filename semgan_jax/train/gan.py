@@ -135,7 +135,9 @@ def default_config():
         data_dir="",                  # "" = TFDS default dir (synthetic: generated in memory)
         unlabeled_split="unlabeled", labeled_split="train",
         num_labeled=0,                # label-limited subset size, e.g. 30 / 150 / 1500 (0 = all)
-        label_seed=0, num_workers=8, prefetch=4))
+        label_seed=0,
+        seg_aug=False,                # the reference's --seg_aug: labeled pairs also shifted / scaled / rotated
+        num_workers=8, prefetch=4))
     c.model = ml_collections.ConfigDict(dict(
         size=256, style_dim=512, n_mlp=8,
         seg_dim=8,                    # = number of classes of the dataset (1 for binary masks)
@@ -556,7 +558,8 @@ def make_iterators(config, local_batch: int):
     opts = dict(shard_index=jax.process_index(), shard_count=jax.process_count(),
                 num_workers=d.num_workers, prefetch=d.prefetch)
     it_u = make_unlabeled_iterator(unlabeled, local_batch, config.seed, **opts)
-    it_l = make_labeled_iterator(labeled, local_batch, config.seed + 1, config.model.seg_dim, **opts)
+    it_l = make_labeled_iterator(labeled, local_batch, config.seed + 1, config.model.seg_dim,
+                                 seg_aug=d.get("seg_aug", False), **opts)  # absent in configs written before it
     return it_u, it_l
 
 
