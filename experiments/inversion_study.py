@@ -20,7 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (what it changes, `semgan evaluate` arguments). LPIPS is off in every setting (its
-# weights cannot be downloaded here), so 'reference' is the reference's loss less LPIPS.
+# weights cannot be downloaded here), so 'reference' is the reference's loss less LPIPS; the
+# stage-1 Dm's verdict is off (--lambda-dm 0) unless a setting names its weight (dm_*: a run whose
+# Dm trained with train.dm_mismatch, e.g. experiments/synthetic_32_aligned.py).
 SETTINGS = {
     "encoder_only": ("E(x) alone, no optimisation", ["--step", "0"]),
     "reference": ("the reference's settings (without LPIPS)", ["--lambda-encoder", "0.001"]),
@@ -31,6 +33,8 @@ SETTINGS = {
     "enc_10": ("lambda_encoder 10", ["--lambda-encoder", "10"]),
     "enc_1_lr_0.01": ("lambda_encoder 1, lr 0.01", ["--lambda-encoder", "1", "--lr", "0.01"]),
     "steps_300_enc_1": ("300 steps, lambda_encoder 1", ["--lambda-encoder", "1", "--step", "300"]),
+    **{f"dm_{w}": (f"lambda_encoder 10, the stage-1 Dm's verdict at weight {w}",
+                   ["--lambda-encoder", "10", "--lambda-dm", w]) for w in ("0.3", "1", "3", "10")},
 }
 
 
@@ -54,6 +58,8 @@ def main(argv=None) -> int:
             cmd = [sys.executable, "-m", "semgan_jax.cli", "evaluate", "--checkpoint", args.checkpoint, "--split",
                    split, "--limit", str(args.limit), "--batch", str(args.batch), "--lpips", "off",
                    "--no-progress", "--out", str(result), *SETTINGS[name][1]]
+            if "--lambda-dm" not in cmd:
+                cmd += ["--lambda-dm", "0"]
             print(f"[inversion] {name} {split}", flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     lines = ["| setting | what | " + " | ".join(f"mIoU {s}" for s in splits) + " |",

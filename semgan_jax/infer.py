@@ -5,6 +5,8 @@ For each image x* (N, H, W, C) in [-1, 1]:
   `step` Adam steps (lr `lr` with the reference's ramp-up / ramp-down) on
       LPIPS(G(w+), x*) + noise_regularize · R_noise + λ_mse · MSE(G(w+), x*)
       + λ_encoder · MSE(w+, sg[E(G(w+))]) + λ_encoder_init · MSE(w+, w+_0)
+      + λ_dm · hinge_real(Dm(x*, G's mask)) (optional, not in the reference: the stage-1 Dm
+        judging whether G's mask belongs to the input image itself)
   (with mean_init: + λ_mean · MSE(w+, w_mean) instead of the two encoder terms), the noise maps
   renormalised after every step (unless `optimize_noise` is off);
   label map = argmax of G's seg logits (sigmoid > 0.5 for one channel).
@@ -23,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from semgan_jax import losses
+from semgan_jax.train.gan import dm_misfit
 from semgan_jax.train.state import inference_optimizer
 
 
@@ -39,6 +42,8 @@ class InvertConfig:
     lambda_encoder: float = 1e-3
     lambda_encoder_init: float = 0.0
     mean_init: bool = False
+    lambda_dm: float = 0.0          # not in the reference: the stage-1 Dm's verdict on (x*, G's mask)
+    dm_mask: str = "raw"            # how that Dm saw G's masks in stage 1 (train.fake_mask)
     optimize_noise: bool = True     # False = --no_noises (fresh noise each step, not optimised)
     n_mean_latent: int = 10000
 
@@ -47,6 +52,20 @@ class InvertConfig:
 # balances ||E(G(w+)) - w+||^2 against LPIPS + 0.1 MSE; with 0.1 MSE alone it leaves w+ free to
 # leave the region where G draws faces and masks (docs/learning.md measures the choice).
 LAMBDA_ENCODER_WITHOUT_LPIPS = 10.0
+
+
+# lambda_dm when the stage-1 Dm learnt to reject mismatched real pairs (train.dm_mismatch > 0): only
+# such a Dm judges whether a mask belongs to its image (a Dm trained as the reference's lowers the
+# scores); 0.3 measured best of 0.3 / 1 / 3 / 10 (docs/learning.md). 0 for other runs.
+LAMBDA_DM_ALIGNED = 0.3
+
+
+def dm_weight(lambda_dm: float | None, stage1_train) -> float:
+    """lambda_dm as given, or by default LAMBDA_DM_ALIGNED for a stage-1 run trained with
+    train.dm_mismatch > 0 and 0 otherwise."""
+    if lambda_dm is not None:
+        return lambda_dm
+    return LAMBDA_DM_ALIGNED if stage1_train.get("dm_mismatch", 0.0) > 0 else 0.0
 
 
 def encoder_weight(lambda_encoder: float | None, has_lpips: bool) -> float:
@@ -59,10 +78,12 @@ def encoder_weight(lambda_encoder: float | None, has_lpips: bool) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Inverter:
-    """Frozen networks of inference: G, E (None with mean_init only) and LPIPS (None = off)."""
+    """Frozen networks of inference: G, E (None with mean_init only), LPIPS (None = off) and the
+    stage-1 Dm (None unless lambda_dm)."""
     g: Any
     e: Any = None
     lpips: Any = None
+    dm: Any = None
 
 
 def _mse(a, b):
@@ -80,7 +101,8 @@ def _downsample_to_256(x):
 
 def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w_mean=None, draws=None, pin=None):
     """Optimise one image. target (H, W, C). variables: {'g': G params, 'e': {'params',
-    'batch_stats'?} or None, 'lpips': LPIPS params or None}. Returns dict with w_plus
+    'batch_stats'?} or None, 'lpips': LPIPS params or None, 'dm' (with lambda_dm): {'params',
+    'spectral'} of the stage-1 Dm}. Returns dict with w_plus
     (n_latent, D), noises (list of (r, r, 1)), image (H, W, C), seg (H, W, K) and the loss
     history (step,).
 
@@ -113,7 +135,7 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
     ref = _downsample_to_256(x)  # the target at the compared size, once, not every step
 
     def loss_fn(p, key, step_noise):
-        img, _ = generate(p, key, step_noise)
+        img, seg = generate(p, key, step_noise)
         img = _downsample_to_256(img)
         p_loss = (jnp.mean(inv.lpips.apply({"params": variables["lpips"]}, img, ref)) if inv.lpips is not None
                   else jnp.zeros((), jnp.float32))
@@ -126,6 +148,8 @@ def invert_one(inv: Inverter, variables: dict, cfg: InvertConfig, target, key, w
             # linearisation of E traced and dropped in every step
             loss = (loss + cfg.lambda_encoder * _mse(p["w"], encode(jax.lax.stop_gradient(img)))
                     + cfg.lambda_encoder_init * _mse(p["w"], w0))
+        if cfg.lambda_dm:
+            loss = loss + cfg.lambda_dm * dm_misfit(inv.dm, variables["dm"], x, seg, cfg.dm_mask)
         return loss
 
     def body(carry, xs):
@@ -172,27 +196,42 @@ def jit_invert(inv: Inverter, cfg: InvertConfig):
     return jax.jit(lambda v, xs, k: invert(inv, v, cfg, xs, k), compiler_options=compiler_options(jax.default_backend()))
 
 
-def load_inverter(workdir, use_lpips: str = "auto", perceptual_net: str | None = None):
-    """(Inverter, variables, stage-1 config) from a stage-2 workdir (E + its stage-1 G), or from a
-    stage-1 workdir (G only: for `mean_init`). The perceptual term is the stage-2 config's
-    `lpips.net` unless `perceptual_net` names another (LPIPS 'vgg' / 'alex', or 'dr': the stage-1
-    Dr, which needs no files). use_lpips: 'on' (missing weights are an error), 'off', or 'auto'
-    (on when the weight files are found)."""
+def _run_dirs(workdir):
+    """(workdir, its config, its stage-1 workdir) of a train-encoder (or train-gan) workdir."""
     import json
     from pathlib import Path
 
     import ml_collections
-
-    from semgan_jax.checkpoint import restore_latest
-    from semgan_jax.parallel import make_mesh, replicated
-    from semgan_jax.train import encoder as stage2
 
     workdir = Path(workdir)
     path = workdir / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: --checkpoint must be a train-encoder (or train-gan) workdir")
     cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
-    stage1_dir = cfg.stage1 if "stage1" in cfg else workdir
+    return workdir, cfg, (cfg.stage1 if "stage1" in cfg else workdir)
+
+
+def stage1_config(workdir):
+    """The stage-1 run's config of a train-encoder (or train-gan) workdir."""
+    from semgan_jax.train.encoder import load_stage1_config
+
+    return load_stage1_config(_run_dirs(workdir)[2])
+
+
+def load_inverter(workdir, use_lpips: str = "auto", perceptual_net: str | None = None, with_dm: bool = False):
+    """(Inverter, variables, stage-1 config) from a stage-2 workdir (E + its stage-1 G), or from a
+    stage-1 workdir (G only: for `mean_init`). The perceptual term is the stage-2 config's
+    `lpips.net` unless `perceptual_net` names another (LPIPS 'vgg' / 'alex', or 'dr': the stage-1
+    Dr, which needs no files). use_lpips: 'on' (missing weights are an error), 'off', or 'auto'
+    (on when the weight files are found). with_dm: also the stage-1 Dm (`Inverter.dm`, variables
+    'dm'), for `InvertConfig.lambda_dm`."""
+    import ml_collections
+
+    from semgan_jax.checkpoint import restore_latest
+    from semgan_jax.parallel import make_mesh, replicated
+    from semgan_jax.train import encoder as stage2
+
+    workdir, cfg, stage1_dir = _run_dirs(workdir)
     s1, gm, s1_state = stage2.load_stage1(stage1_dir)
     if "stage1" in cfg:
         models = stage2.build_models(s1.model, cfg)
@@ -215,5 +254,8 @@ def load_inverter(workdir, use_lpips: str = "auto", perceptual_net: str | None =
             if use_lpips == "on":
                 raise
             print("LPIPS weights not found: optimising without the perceptual term (see docs/metrics.md)")
-    return Inverter(g=g, e=e, lpips=lpips_module), {"g": g_ema, "e": e_vars, "lpips": lpips_params}, s1
+    variables = {"g": g_ema, "e": e_vars, "lpips": lpips_params}
+    if with_dm:
+        variables["dm"] = {"params": s1_state.d_seg, "spectral": s1_state.d_seg_spectral}
+    return Inverter(g=g, e=e, lpips=lpips_module, dm=gm.d_seg if with_dm else None), variables, s1
 

@@ -52,7 +52,15 @@ class BatchedInverter:
 
         from semgan_jax import infer
 
-        self.inv, self.variables, self.stage1 = infer.load_inverter(checkpoint, use_lpips, perceptual_net)
+        stage1_train = infer.stage1_config(checkpoint).train
+        lambda_dm = infer.dm_weight(cfg.lambda_dm, stage1_train) if cfg.step else 0.0  # 0 steps: E(x) alone
+        if cfg.lambda_dm is None and lambda_dm:
+            print(f"the stage-1 Dm learnt to reject mismatched pairs: its verdict joins the inversion at weight "
+                  f"{lambda_dm:g} (docs/learning.md); --lambda-dm sets it")
+        # Dm judges G's masks in the form it saw them in stage 1
+        cfg = dataclasses.replace(cfg, lambda_dm=lambda_dm, dm_mask=stage1_train.get("fake_mask", "raw"))
+        self.inv, self.variables, self.stage1 = infer.load_inverter(checkpoint, use_lpips, perceptual_net,
+                                                                    with_dm=bool(lambda_dm))
         if cfg.lambda_encoder is None:  # the default: depends on whether the perceptual term is on
             cfg = dataclasses.replace(cfg, lambda_encoder=infer.encoder_weight(None, self.inv.lpips is not None))
             if self.inv.lpips is None and not cfg.mean_init:
@@ -87,7 +95,7 @@ def _invert_config(args):
 
     return InvertConfig(step=args.step, lr=args.lr, lambda_mse=args.lambda_mse, lambda_encoder=args.lambda_encoder,
                         noise_regularize=args.noise_regularize, mean_init=args.mean_init,
-                        optimize_noise=not args.no_noises)
+                        optimize_noise=not args.no_noises, lambda_dm=args.lambda_dm)
 
 
 def _add_inversion_args(p) -> None:
@@ -99,6 +107,10 @@ def _add_inversion_args(p) -> None:
                    help="encoder-consistency weight (default: the reference's 1e-3 with LPIPS, "
                         "infer.LAMBDA_ENCODER_WITHOUT_LPIPS without it)")
     p.add_argument("--noise-regularize", type=float, default=1e2)
+    p.add_argument("--lambda-dm", type=float, default=None,
+                   help="weight of the stage-1 mask discriminator's verdict that G's mask belongs to the input "
+                        "image (not in the reference; default: infer.LAMBDA_DM_ALIGNED for a stage-1 run trained "
+                        "with train.dm_mismatch, else 0; docs/learning.md)")
     p.add_argument("--mean-init", action="store_true", help="start from the mean latent instead of E(x)")
     p.add_argument("--no-noises", action="store_true", help="do not optimise the noise maps")
     p.add_argument("--lpips", choices=("auto", "on", "off"), default="auto",
@@ -326,6 +338,9 @@ def run_evaluate(args) -> int:
                                     else _split_examples(inverter, args.dataset, args.split, args.data_dir))
         settings = {"checkpoint": str(args.checkpoint), "source": where, "batch": args.batch, "seed": args.seed,
                     "lpips": args.lpips, "invert": dataclasses.asdict(inverter.cfg)}
+        if not inverter.cfg.lambda_dm:  # records written before the option keep resuming
+            for field in ("lambda_dm", "dm_mask"):
+                settings["invert"].pop(field)
         if args.perceptual_net:  # only when given: records written before the flag keep resuming
             settings["perceptual_net"] = args.perceptual_net
         records = ImageRecords(records_path, settings, resume=args.resume)

@@ -186,6 +186,30 @@ def test_inversion_with_the_stage1_dr_as_perceptual_net(runs):
     assert np.all(with_dr["loss"][:, 0] > without["loss"][:, 0])  # the same first step plus Dr's distance
 
 
+def test_inversion_with_the_stage1_dm_verdict(runs):
+    """--lambda-dm: the stage-1 Dm's hinge "real" loss of (input image, G's mask) joins the loss:
+    the first step's loss is the plain one plus lambda_dm times that misfit, computed here
+    directly from Dm at the initial latent and noise."""
+    inv, variables, _ = infer.load_inverter(runs / "stage2", use_lpips="off", with_dm=True)
+    _, gm, s1_state = stage2.load_stage1(runs / "stage1")
+    jax.tree.map(np.testing.assert_array_equal, variables["dm"], {"params": s1_state.d_seg,
+                                                                  "spectral": s1_state.d_seg_spectral})
+    targets = fixed_batch()["image"][:2]
+    key = jax.random.PRNGKey(3)
+
+    def run(**kw):
+        cfg = infer.InvertConfig(**kw)
+        return jax.jit(lambda x: infer.invert(inv, variables, cfg, x, key))(targets)
+
+    start, plain, judged = run(step=0), run(step=1), run(step=1, lambda_dm=2.0)
+    for i in range(2):
+        pair = jnp.concatenate([targets[i:i + 1], start["seg"][i:i + 1]], axis=-1)
+        preds = gm.d_seg.apply(variables["dm"], pair, update_stats=False)
+        misfit = np.mean([np.mean(np.maximum(1 - np.asarray(p[-1]), 0)) for p in preds])
+        assert misfit > 0
+        np.testing.assert_allclose(judged["loss"][i, 0], plain["loss"][i, 0] + 2.0 * misfit, rtol=1e-5)
+
+
 def test_batched_inversion_equals_one_image_at_a_time(inverter):
     inv, variables, _ = inverter
     targets = fixed_batch()["image"][:3]
@@ -267,6 +291,28 @@ def test_encoder_weight_defaults_to_the_measured_value_without_lpips(runs, capsy
     inv = BatchedInverter(str(runs / "stage2"), infer.InvertConfig(step=1, lambda_encoder=0.5), use_lpips="off")
     assert inv.cfg.lambda_encoder == 0.5
     assert infer.encoder_weight(None, has_lpips=True) == 1e-3 == infer.InvertConfig().lambda_encoder
+
+
+def test_dm_weight_defaults_on_for_a_stage1_dm_trained_on_mismatched_pairs(runs, tmp_path, capsys):
+    """--lambda-dm unset: infer.LAMBDA_DM_ALIGNED when the stage-1 run trained Dm with
+    train.dm_mismatch > 0 (said on stdout; Dm loaded, judging masks in that run's fake_mask form),
+    else 0 and no Dm loaded; a given value is kept."""
+    from semgan_jax.segment import BatchedInverter
+
+    inv = BatchedInverter(str(runs / "stage2"), infer.InvertConfig(step=1, lambda_dm=None), use_lpips="off")
+    assert inv.cfg.lambda_dm == 0 and inv.inv.dm is None and "dm" not in inv.variables
+    assert "mismatched pairs" not in capsys.readouterr().out
+    config = tiny_gan_config()
+    config.train.update(dm_mismatch=1.0, fake_mask="hard")
+    write_stage1_run(tmp_path / "aligned", config)
+    cfg = infer.InvertConfig(step=1, mean_init=True, lambda_dm=None)
+    inv = BatchedInverter(str(tmp_path / "aligned"), cfg, use_lpips="off")
+    assert inv.cfg.lambda_dm == infer.LAMBDA_DM_ALIGNED > 0 and inv.cfg.dm_mask == "hard"
+    assert inv.inv.dm is not None and set(inv.variables["dm"]) == {"params", "spectral"}
+    assert "mismatched pairs" in capsys.readouterr().out
+    inv = BatchedInverter(str(tmp_path / "aligned"), infer.InvertConfig(step=1, mean_init=True, lambda_dm=0.0),
+                          use_lpips="off")
+    assert inv.cfg.lambda_dm == 0 and inv.inv.dm is None
 
 
 def test_coupling_diagnostics_of_a_stage1_run(runs):

@@ -290,6 +290,15 @@ def dm_fake_input(fake_img, fake_seg, fake_mask: str):
     return jnp.concatenate([jax.lax.stop_gradient(fake_img), dm_mask(fake_seg, fake_mask)], axis=-1)
 
 
+def dm_misfit(dm, dm_vars, image, seg, fake_mask: str):
+    """How far a frozen Dm (variables {'params', 'spectral'}) is from taking G's mask for the
+    real image's own: its hinge "real" loss on (image (N, H, W, C), G's seg logits as `dm_mask`
+    gives them), 0 once every scale's map is above 1: a term of the inversion (not in the
+    reference; infer.py), where the mask's gradient moves w+."""
+    pair = jnp.concatenate([image, dm_mask(seg, fake_mask)], axis=-1)
+    return losses.hinge_d_loss(dm.apply(dm_vars, pair, update_stats=False), True)
+
+
 def mismatched_pairs(real_seg_in, image_channels: int):
     """Real (image, mask) pairs (N, H, W, C + seg_dim) with each image given the next example's
     mask (a roll by one over the batch): pairs whose parts are real but do not belong together."""
