@@ -12,9 +12,7 @@ PYTEST_GUARD := --max-worker-restart=0 --timeout=1200
 # The demo: the whole pipeline on the built-in synthetic faces at 32 px, about 14 minutes (plus the install) on a
 # 2-core CPU: stage 1 (GAN), stage 2 (encoder), then segmentation of held-out in-domain (test) and
 # out-of-domain (test_ood) images by the encoder alone and by encoder + inversion, scored and
-# shown in PNG grids. Stage 1 trains a mask discriminator that checks alignment
-# (experiments/synthetic_32_aligned.py), whose verdict then joins the inversion (--lambda-dm).
-# The minutes are training time (compiling is not counted); stage 2 gets
+# shown in PNG grids. The minutes are training time (compiling is not counted); stage 2 gets
 # the larger share (docs/learning.md section 5); the oracle metrics are off here (the
 # oracle takes ~4 minutes to build once: `semgan oracle synthetic --data-dir runs/demo/data`).
 DEMO_DIR ?= runs/demo
@@ -43,7 +41,7 @@ test-all: venv
 
 demo: venv
 	$(SEMGAN) prepare synthetic --resolution 32 --data-dir $(DEMO_DIR)/data
-	$(SEMGAN) train-gan --config experiments/synthetic_32_aligned.py --workdir $(DEMO_DIR)/stage1 \
+	$(SEMGAN) train-gan --config experiments/synthetic_32.py --workdir $(DEMO_DIR)/stage1 \
 		$(call resume_if,$(DEMO_DIR)/stage1) --config.data.data_dir=$(DEMO_DIR)/data \
 		--config.log.max_minutes=$(DEMO_GAN_MINUTES) --config.eval.oracle=False
 	$(SEMGAN) train-encoder --config experiments/synthetic_32_encoder.py --workdir $(DEMO_DIR)/stage2 \

@@ -56,7 +56,7 @@ LAMBDA_ENCODER_WITHOUT_LPIPS = 10.0
 
 # lambda_dm when the stage-1 Dm learnt to reject mismatched real pairs (train.dm_mismatch > 0): only
 # such a Dm judges whether a mask belongs to its image (a Dm trained as the reference's lowers the
-# scores); 0.3 measured best of 0.3 / 1 / 3 / 10 (docs/learning.md). 0 for other runs.
+# scores); 0.3 measured best of 0.1 / 0.3 / 1 / 3 / 10 on two runs (docs/learning.md). 0 for other runs.
 LAMBDA_DM_ALIGNED = 0.3
 
 

@@ -201,10 +201,17 @@ def test_inversion_with_the_stage1_dm_verdict(runs):
         cfg = infer.InvertConfig(**kw)
         return jax.jit(lambda x: infer.invert(inv, variables, cfg, x, key))(targets)
 
-    start, plain, judged = run(step=0), run(step=1), run(step=1, lambda_dm=2.0)
-    for i in range(2):
-        pair = jnp.concatenate([targets[i:i + 1], start["seg"][i:i + 1]], axis=-1)
-        preds = gm.d_seg.apply(variables["dm"], pair, update_stats=False)
+    plain, judged = run(step=1), run(step=1, lambda_dm=2.0)
+
+    @jax.jit
+    def first_pair(x, k):  # the pair Dm judges at step 0: G's mask at w+ = E(x), invert_one's noise maps
+        noise = inv.g.make_noise(jax.random.split(k)[0], 1)
+        _, seg = inv.g.apply({"params": variables["g"]}, inv.e.apply(variables["e"], x[None], train=False),
+                             input_is_latent=True, noise=noise)
+        return jnp.concatenate([x[None], seg], axis=-1)
+
+    for i, k in enumerate(jax.random.split(key, 2)):
+        preds = gm.d_seg.apply(variables["dm"], first_pair(targets[i], k), update_stats=False)
         misfit = np.mean([np.mean(np.maximum(1 - np.asarray(p[-1]), 0)) for p in preds])
         assert misfit > 0
         np.testing.assert_allclose(judged["loss"][i, 0], plain["loss"][i, 0] + 2.0 * misfit, rtol=1e-5)

@@ -118,7 +118,7 @@ def shift_scale_rotate(image: np.ndarray, mask: np.ndarray, angle: float, scale:
 SEG_AUG = dict(p=0.5, shift=0.1, scale=0.2, rotate=15.0)
 
 
-def _flip_labeled(example: dict, rng: np.random.Generator, *, flip: bool, image_fn: ImageFn | None,
+def _augment_labeled(example: dict, rng: np.random.Generator, *, flip: bool, image_fn: ImageFn | None,
                   seg_aug: bool = False) -> dict:
     if not example.get("labeled", True):
         raise ValueError(f"unlabeled example {example.get('name')!r} in a labeled stream")
@@ -217,7 +217,7 @@ def make_labeled_iterator(source, batch_size: int, seed: int, num_classes: int, 
                           seg_aug: bool = False, num_workers: int = 0, prefetch: int = 2,
                           read_threads: int = 1) -> grain.DatasetIterator:
     """Endless shuffled batches {'image', 'mask', 'mask_onehot'} (see module docstring)."""
-    augment = functools.partial(_flip_labeled, flip=flip, image_fn=image_fn, seg_aug=seg_aug)
+    augment = functools.partial(_augment_labeled, flip=flip, image_fn=image_fn, seg_aug=seg_aug)
     return _endless(source, batch_size, seed, augment, num_classes, shard_index=shard_index,
                     shard_count=shard_count, num_workers=num_workers, prefetch=prefetch,
                     read_threads=read_threads)
