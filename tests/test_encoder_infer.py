@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_gan_config
+from conftest import random_batch, tiny_gan_config
 from semgan_jax import cli, infer
 from semgan_jax.train import encoder as stage2
 
@@ -56,12 +56,9 @@ def runs(tmp_path_factory):
     return root
 
 
-def fixed_batch(seg_dim=6, n=8, size=16):
-    rng = np.random.default_rng(0)
-    lab = rng.integers(0, seg_dim, (n, size, size))
-    return {"image": jnp.asarray(rng.uniform(-1, 1, (n, size, size, 3)), jnp.float32),
-            "seg_image": jnp.asarray(rng.uniform(-1, 1, (n, size, size, 3)), jnp.float32),
-            "seg_mask": jnp.asarray(2 * np.eye(seg_dim)[lab] - 1, jnp.float32)}
+def fixed_batch():
+    """conftest's random stage-2 batch at the tiny config's 16 px and 6 classes, as jax arrays."""
+    return jax.tree.map(jnp.asarray, random_batch(16, 6))
 
 
 def test_stage2_run_writes_samples_metrics_and_checkpoint(runs):
