@@ -519,9 +519,12 @@ def compare_stage2_iteration(fx: Stage2Fixture, models, hp, frozen, cfg, it: int
                      (f"{name} BatchNorm running var", rel(field(st, "var"), field(off["stats"], "var")),
                       None if train_mode else TOL, gap["buffer"])]
     rows.append((f"it{it} updates refused as non-finite", int(metrics["skipped_updates"]), 0, 0.0))
+    # a loss is held to 1e-5 or, where the official float32 run is further than that from its
+    # float64 one (the rgb fixture's train-mode reconstruction: 2.5e-5), to that gap
     for k, ref in meta["losses"][it].items():
-        rows.append((f"it{it} loss {k}", abs(float(metrics[k]) - ref) / max(abs(ref), 1e-12), LOSS_TOL,
-                     meta["f32_losses_gap"][it][k]))
+        gap = meta["f32_losses_gap"][it][k]
+        rows.append((f"it{it} loss {k}", abs(float(metrics[k]) - ref) / max(abs(ref), 1e-12), max(LOSS_TOL, gap),
+                     gap))
     return rows
 
 

@@ -32,7 +32,10 @@ from semgan_jax.nn.layers import EqualDense
 
 
 def _bn(train: bool, name: str):
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    """torch's BatchNorm2d defaults; the batch variance in two passes, as torch computes it (flax's
+    one-pass E[x^2] - E[x]^2 lost 1e-3 of the gradient on 1x1 maps: docs/architecture.md)."""
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, use_fast_variance=False,
+                        name=name)
 
 
 def _from_latent_avg(module: nn.Module, w):
