@@ -11,8 +11,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 # LLVM -O0: XLA compiling is most of a cold run, and -O0 takes 19 % less CPU on tests/test_losses.py
 # (xla_cpu.py: 33 % less than -O2 on a stage-1 step); the tests check numbers, not speed.
 # xla_cpu.compiler_options leaves the level to this flag; a level the user sets is kept.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+# XLA:CPU's older elemental fusion emitters instead of its MLIR ones compile the tiny stage-1 step
+# in 12 s instead of 18 (tools/compile_report.py; the same numbers within the tests' tolerances).
+for _flag, _value in (("xla_backend_optimization_level", "0"), ("xla_cpu_use_fusion_emitters", "false")):
+    if _flag not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --{_flag}={_value}").strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
