@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import production_llvm_level
 from semgan_jax.train.state import EMA_DECAY, ema_decay_at
 
 
@@ -56,13 +57,15 @@ ORACLE_ITERS = 300
 
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
-    """A 16-px oracle of the in-memory synthetic faces (a few hundred U-Net iterations), cached
-    under a temporary SEMGAN_JAX_ORACLE root."""
+    """A 16-px oracle of the in-memory synthetic faces (a few hundred U-Net iterations, compiled
+    as production compiles them), cached under a temporary SEMGAN_JAX_ORACLE root."""
     from semgan_jax import oracle as oracle_lib
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEMGAN_JAX_ORACLE", str(tmp_path_factory.mktemp("oracle_root")))
-        yield oracle_lib.load_oracle("synthetic", 16, None, iterations=ORACLE_ITERS)
+        with production_llvm_level():
+            built = oracle_lib.load_oracle("synthetic", 16, None, iterations=ORACLE_ITERS)
+        yield built
 
 
 def _test_pairs(n=500):

@@ -94,6 +94,7 @@ def default_config():
     c.encoder = ml_collections.ConfigDict(dict(
         backbone="fpn",             # 'fpn' (pSp FPN, reference default) | 'res'
         base_width=64, feature_dim=512,              # FPN widths (reference: 64, 512)
+        num_blocks=(3, 4, 6, 3),                     # FPN bottlenecks per stage (reference: ResNet-50's)
         channel_max=512,                             # Res encoder width cap
         # pSp's option (not in the reference): E outputs offsets from G_ema's mean w (10,000 z)
         start_from_latent_avg=False))
@@ -124,7 +125,8 @@ def build_encoder(gan_model_cfg, enc_cfg):
     from_avg = bool(enc_cfg.get("start_from_latent_avg", False))  # absent in configs written before it
     if enc_cfg.backbone == "fpn":
         return FPNEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim, feature_dim=enc_cfg.feature_dim,
-                          base_width=enc_cfg.base_width, start_from_latent_avg=from_avg)
+                          base_width=enc_cfg.base_width, num_blocks=tuple(enc_cfg.get("num_blocks", (3, 4, 6, 3))),
+                          start_from_latent_avg=from_avg)
     if enc_cfg.backbone == "res":
         return ResEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim,
                           channel_multiplier=gan_model_cfg.channel_multiplier, channel_max=enc_cfg.channel_max,
