@@ -23,7 +23,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
-
 @contextlib.contextmanager
 def production_llvm_level():
     """Inside: the project's jitted steps compile at the level production uses (LLVM -O1,
