@@ -119,7 +119,7 @@ SEG_AUG = dict(p=0.5, shift=0.1, scale=0.2, rotate=15.0)
 
 
 def _augment_labeled(example: dict, rng: np.random.Generator, *, flip: bool, image_fn: ImageFn | None,
-                  seg_aug: bool) -> dict:
+                     seg_aug: bool) -> dict:
     if not example.get("labeled", True):
         raise ValueError(f"unlabeled example {example.get('name')!r} in a labeled stream")
     image = example["image"] if image_fn is None else image_fn(example["image"])

@@ -125,7 +125,8 @@ def build_encoder(gan_model_cfg, enc_cfg):
     from_avg = bool(enc_cfg.get("start_from_latent_avg", False))  # absent in configs written before it
     if enc_cfg.backbone == "fpn":
         return FPNEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim, feature_dim=enc_cfg.feature_dim,
-                          base_width=enc_cfg.base_width, num_blocks=tuple(enc_cfg.get("num_blocks", FPNEncoder.num_blocks)),
+                          base_width=enc_cfg.base_width,
+                          num_blocks=tuple(enc_cfg.get("num_blocks", FPNEncoder.num_blocks)),  # absent before it
                           start_from_latent_avg=from_avg)
     if enc_cfg.backbone == "res":
         return ResEncoder(size=g_size, n_latent=n_latent, style_dim=style_dim,
